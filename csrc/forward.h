@@ -1,0 +1,29 @@
+// The op's implementations, one per dispatch key, behind the schema in ops.cpp.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <optional>
+#include <string>
+
+namespace fusedconv {
+
+#define FUSEDCONV_FORWARD_PARAMS                                                               \
+  const at::Tensor &x, const at::Tensor &weight, const std::optional<at::Tensor> &conv_bias,  \
+      const at::Tensor &bias, const at::Tensor &scale,                                         \
+      const std::optional<at::Tensor> &gn_weight, const std::optional<at::Tensor> &gn_bias,   \
+      int64_t num_groups, double eps, at::IntArrayRef stride, at::IntArrayRef padding,         \
+      at::IntArrayRef dilation
+
+at::Tensor forward_cpu(FUSEDCONV_FORWARD_PARAMS);
+at::Tensor forward_cuda(FUSEDCONV_FORWARD_PARAMS);
+at::Tensor forward_meta(FUSEDCONV_FORWARD_PARAMS);
+
+// Test and tuning hook: force one conv block config by name ("" restores the heuristic).
+void set_forced_config(const std::string& config);
+std::string forced_config();
+
+// Which images a CUDA device runs, e.g. "sm_90 cubin" or "sm_89 PTX".
+std::string device_images(int64_t device);
+
+}  // namespace fusedconv

@@ -1,0 +1,217 @@
+// CUDA: launches the AOT-compiled Triton kernels through the driver API on torch's current
+// stream. No Triton, no Python and no CUDA runtime on this path; the op library is built
+// against any torch (a CPU-only one too) and finds the CUDA stream through c10's device
+// guard interface, which a CUDA build of torch registers.
+#include <ATen/ATen.h>
+#include <ATen/Context.h>
+#include <c10/core/DeviceGuard.h>
+#include <c10/core/impl/DeviceGuardImplInterface.h>
+#include <torch/library.h>
+
+#include <climits>
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <string>
+#include <utility>
+
+#include "cuda_driver.h"
+#include "forward.h"
+#include "kernel_registry.h"
+#include "validate.h"
+
+namespace fusedconv {
+namespace {
+
+std::mutex g_config_mutex;
+std::string g_forced_config;
+
+const char* dtype_name(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat: return "fp32";
+    case at::kHalf: return "fp16";
+    default: return "bf16";
+  }
+}
+
+// fp32 is accurate unless the user opted into TF32 the way PyTorch users do:
+// torch.set_float32_matmul_precision("high" or "medium").
+const char* precision_mode(at::ScalarType t) {
+  if (t != at::kFloat) return "native";
+  return at::globalContext().float32MatmulPrecision() == at::Float32MatmulPrecision::HIGHEST
+             ? "accurate" : "tf32";
+}
+
+// Block config heuristic. Small channel counts or images waste most of a 32-channel x
+// 128-position tile; large images amortise the per-program setup over 256 positions.
+std::string conv_config(int64_t c_out, int64_t hw_out) {
+  {
+    std::lock_guard<std::mutex> lock(g_config_mutex);
+    if (!g_forced_config.empty()) return g_forced_config;
+  }
+  if (c_out <= 16 || hw_out <= 1024) return "m64_c16";
+  if (hw_out >= 16384) return "m256_c32";
+  return "m128_c32";
+}
+
+struct Kernel {
+  CUfunction function;
+  const KernelImage* image;
+};
+
+// One module per (device, image), loaded on first use into the device's primary context
+// (PTX is JIT-compiled by the driver then, once) and kept for the process's lifetime.
+Kernel load(int device, const KernelImage& image) {
+  static std::mutex mutex;
+  static std::map<std::pair<int, const KernelImage*>, CUfunction> loaded;
+  std::lock_guard<std::mutex> lock(mutex);
+  auto it = loaded.find({device, &image});
+  if (it != loaded.end()) return {it->second, &image};
+  const cu::Driver& d = cu::driver();
+  CUmodule module;
+  cu::check(d.ModuleLoadData(&module, image.data),
+            image.format == ImageFormat::kPtx ? "cuModuleLoadData (JIT of the PTX)" : "cuModuleLoadData");
+  CUfunction function;
+  cu::check(d.ModuleGetFunction(&function, module, image.function), "cuModuleGetFunction");
+  if (image.shared_bytes > 48 * 1024) {
+    cu::check(d.FuncSetAttribute(function, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                                 image.shared_bytes), "cuFuncSetAttribute");
+  }
+  loaded.emplace(std::make_pair(device, &image), function);
+  return {function, &image};
+}
+
+void launch(const Kernel& k, int64_t grid, void** params, CUstream stream) {
+  cu::check(cu::driver().LaunchKernel(k.function, static_cast<unsigned>(grid), 1, 1,
+                                      32 * k.image->num_warps, 1, 1, k.image->shared_bytes,
+                                      stream, params, nullptr),
+            k.image->kernel);
+}
+
+// The kernels index within one sample in 32 bits (only the batch offset is 64-bit).
+int32_t i32(int64_t v, const char* what) {
+  TORCH_CHECK_VALUE(v >= INT_MIN && v <= INT_MAX, "fusedconv.forward: ", what, " = ", v,
+                    " exceeds the CUDA kernels' 32-bit per-sample indexing");
+  return static_cast<int32_t>(v);
+}
+
+CUdeviceptr ptr(const at::Tensor& t) { return reinterpret_cast<CUdeviceptr>(t.data_ptr()); }
+
+at::Tensor flat_contiguous(const at::Tensor& t) { return t.is_contiguous() ? t : t.contiguous(); }
+
+}  // namespace
+
+void set_forced_config(const std::string& config) {
+  if (!config.empty()) {
+    bool known = false;
+    for (size_t i = 0; i < kNumKernelImages; ++i) {
+      known |= !std::strcmp(kKernelImages[i].kernel, "conv_stats") && config == kKernelImages[i].config;
+    }
+    TORCH_CHECK_VALUE(known, "fusedconv: no conv config named '", config, "' in this build");
+  }
+  std::lock_guard<std::mutex> lock(g_config_mutex);
+  g_forced_config = config;
+}
+
+std::string forced_config() {
+  std::lock_guard<std::mutex> lock(g_config_mutex);
+  return g_forced_config;
+}
+
+std::string device_images(int64_t device) {
+  const ImageSet set = choose_image_set(cu::device_arch(static_cast<int>(device)));
+  return "sm_" + std::to_string(set.arch) + (set.format == ImageFormat::kPtx ? " PTX" : " cubin");
+}
+
+at::Tensor forward_cuda(FUSEDCONV_FORWARD_PARAMS) {
+  ConvGeometry g;
+  const auto shape = check_forward_args(x, weight, conv_bias, bias, scale, gn_weight, gn_bias,
+                                        num_groups, eps, stride, padding, dilation, &g);
+  at::Tensor y = at::empty(C10_AS_INTARRAYREF_SLOW(shape), x.options());
+  const int64_t n = x.size(0);
+  if (n == 0) return y;
+
+  const int64_t c_in = x.size(1), h = x.size(2), w = x.size(3);
+  const int64_t c_out = weight.size(0), kh = weight.size(2), kw = weight.size(3);
+  const int64_t h_out = y.size(2), w_out = y.size(3), hw_out = h_out * w_out;
+  const int64_t k_total = c_in * kh * kw;
+  const int64_t max_x_offset = (c_in - 1) * x.stride(1) + (h - 1) * x.stride(2) + (w - 1) * x.stride(3);
+  i32(max_x_offset, "the largest offset within one sample of x");
+  i32(c_out * hw_out, "C_out * H_out * W_out");
+  i32(c_out * k_total, "weight.numel()");
+
+  c10::DeviceGuard device_guard(x.device());
+  const int device = x.device().index();
+  cu::ensure_context(device);
+  const ImageSet set = choose_image_set(cu::device_arch(device));
+  const char* dtype = dtype_name(x.scalar_type());
+  const char* mode = precision_mode(x.scalar_type());
+  const std::string config = conv_config(c_out, hw_out);
+  const Kernel stats_k = load(device, find_image(set, "conv_stats", dtype, mode, config.c_str()));
+  const Kernel norm_k = load(device, find_image(set, "conv_norm", dtype, mode, config.c_str()));
+
+  const int64_t block_m = stats_k.image->block_m, block_c = stats_k.image->block_c;
+  const int64_t num_p_tiles = (hw_out + block_m - 1) / block_m;
+  const int64_t num_c_blocks = (c_out + block_c - 1) / block_c;
+  const int64_t grid = n * num_p_tiles * num_c_blocks;
+  TORCH_CHECK_VALUE(grid <= INT_MAX, "fusedconv.forward: the input needs ", grid,
+                    " thread blocks, more than one launch allows; split the batch");
+  const int64_t channels_per_group = c_out / num_groups;
+  const int64_t group_run = channels_per_group * num_p_tiles;
+  const Kernel group_k = load(device, find_image(set, "group_stats", "fp32", "any",
+                                                 group_run >= 512 ? "b256" : "b64"));
+
+  // One workspace: per-tile partial mean and M2, then per-group (mean, rstd).
+  const int64_t n_part = n * c_out * num_p_tiles;
+  at::Tensor workspace = at::empty({2 * n_part + 2 * n * num_groups}, x.options().dtype(at::kFloat));
+  CUdeviceptr part_mean = ptr(workspace);
+  CUdeviceptr part_m2 = part_mean + n_part * sizeof(float);
+  CUdeviceptr stats = part_m2 + n_part * sizeof(float);
+
+  const at::Tensor w_c = flat_contiguous(weight), bias_c = flat_contiguous(bias), scale_c = flat_contiguous(scale);
+  const at::Tensor cb_c = conv_bias ? flat_contiguous(*conv_bias) : bias_c;
+  const at::Tensor gw_c = gn_weight ? flat_contiguous(*gn_weight) : bias_c;
+  const at::Tensor gb_c = gn_bias ? flat_contiguous(*gn_bias) : bias_c;
+  CUdeviceptr x_p = ptr(x), w_p = ptr(w_c), cb_p = ptr(cb_c), b_p = ptr(bias_c), s_p = ptr(scale_c);
+  CUdeviceptr gw_p = ptr(gw_c), gb_p = ptr(gb_c), y_p = ptr(y);
+  CUdeviceptr no_scratch = 0;  // Triton's global and profile scratch: the build asserts size 0
+
+  int32_t a_c_out = i32(c_out, "C_out"), a_h = i32(h, "H"), a_w = i32(w, "W");
+  int32_t a_w_out = i32(w_out, "W_out"), a_hw_out = i32(hw_out, "H_out * W_out");
+  int32_t a_kh = i32(kh, "KH"), a_kw = i32(kw, "KW"), a_k_total = i32(k_total, "C_in * KH * KW");
+  int64_t a_sxn = x.stride(0);
+  int32_t a_sxc = i32(x.stride(1), "x.stride(1)"), a_sxh = i32(x.stride(2), "x.stride(2)");
+  int32_t a_sxw = i32(x.stride(3), "x.stride(3)");
+  int32_t a_sh = i32(g.stride[0], "stride"), a_sw = i32(g.stride[1], "stride");
+  int32_t a_ph = i32(g.padding[0], "padding"), a_pw = i32(g.padding[1], "padding");
+  int32_t a_dh = i32(g.dilation[0], "dilation"), a_dw = i32(g.dilation[1], "dilation");
+  int32_t a_tiles = i32(num_p_tiles, "tiles"), a_cblocks = i32(num_c_blocks, "channel blocks");
+  int32_t a_has_cb = conv_bias.has_value(), a_has_gw = gn_weight.has_value(), a_has_gb = gn_bias.has_value();
+  int32_t a_groups = i32(num_groups, "num_groups"), a_cpg = i32(channels_per_group, "C_out / num_groups");
+  int32_t a_block_m = i32(block_m, "BLOCK_M");
+  float a_eps = static_cast<float>(eps);
+
+  // Argument order is the kernels' parameter order in triton_kernels/conv_sigmoid_groupnorm.py.
+  void* stats_args[] = {&x_p, &w_p, &cb_p, &b_p, &s_p, &part_mean, &part_m2,
+                        &a_c_out, &a_h, &a_w, &a_w_out, &a_hw_out, &a_kh, &a_kw, &a_k_total,
+                        &a_sxn, &a_sxc, &a_sxh, &a_sxw, &a_sh, &a_sw, &a_ph, &a_pw, &a_dh, &a_dw,
+                        &a_tiles, &a_cblocks, &a_has_cb, &no_scratch, &no_scratch};
+  void* group_args[] = {&part_mean, &part_m2, &stats, &a_cpg, &a_hw_out, &a_tiles, &a_block_m,
+                        &a_eps, &no_scratch, &no_scratch};
+  void* norm_args[] = {&x_p, &w_p, &cb_p, &b_p, &s_p, &gw_p, &gb_p, &stats, &y_p,
+                       &a_c_out, &a_h, &a_w, &a_w_out, &a_hw_out, &a_kh, &a_kw, &a_k_total,
+                       &a_sxn, &a_sxc, &a_sxh, &a_sxw, &a_sh, &a_sw, &a_ph, &a_pw, &a_dh, &a_dw,
+                       &a_tiles, &a_cblocks, &a_has_cb, &a_groups, &a_cpg, &a_has_gw, &a_has_gb,
+                       &no_scratch, &no_scratch};
+
+  const c10::Stream stream = c10::impl::getDeviceGuardImpl(c10::DeviceType::CUDA)->getStream(x.device());
+  CUstream s = static_cast<CUstream>(stream.native_handle());
+  launch(stats_k, grid, stats_args, s);
+  launch(group_k, n * num_groups, group_args, s);
+  launch(norm_k, grid, norm_args, s);
+  return y;
+}
+
+TORCH_LIBRARY_IMPL(fusedconv, CUDA, m) { m.impl("forward", &forward_cuda); }
+
+}  // namespace fusedconv

@@ -1,0 +1,88 @@
+#include "kernel_registry.h"
+
+#include <c10/util/Exception.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <set>
+#include <string>
+
+namespace fusedconv {
+namespace {
+
+std::set<int> archs_with(ImageFormat format) {
+  std::set<int> archs;
+  for (size_t i = 0; i < kNumKernelImages; ++i) {
+    if (kKernelImages[i].format == format) archs.insert(kKernelImages[i].arch);
+  }
+  return archs;
+}
+
+std::string join_archs(const std::set<int>& archs) {
+  std::string s;
+  for (int a : archs) s += (s.empty() ? "sm_" : ", sm_") + std::to_string(a);
+  return s.empty() ? "none" : s;
+}
+
+// FUSEDCONV_FORCE_PTX, read once: 0 when unset.
+int forced_ptx_arch() {
+  static const int arch = [] {
+    const char* v = std::getenv("FUSEDCONV_FORCE_PTX");
+    if (v == nullptr || *v == '\0') return 0;
+    std::string s(v);
+    if (s.rfind("sm_", 0) == 0) s = s.substr(3);
+    char* end = nullptr;
+    long a = std::strtol(s.c_str(), &end, 10);
+    TORCH_CHECK(end != s.c_str() && *end == '\0' && a > 0,
+                "fusedconv: FUSEDCONV_FORCE_PTX must name an arch such as 89 or sm_89, got '", v, "'");
+    return static_cast<int>(a);
+  }();
+  return arch;
+}
+
+}  // namespace
+
+std::string describe_build() {
+  return "cubins for " + join_archs(archs_with(ImageFormat::kCubin)) + "; PTX for " +
+         join_archs(archs_with(ImageFormat::kPtx));
+}
+
+ImageSet choose_image_set(int device_arch) {
+  const int forced = forced_ptx_arch();
+  if (forced != 0) {
+    TORCH_CHECK(archs_with(ImageFormat::kPtx).count(forced),
+                "fusedconv: FUSEDCONV_FORCE_PTX=", forced, " but this build carries ", describe_build());
+    TORCH_CHECK(forced <= device_arch, "fusedconv: FUSEDCONV_FORCE_PTX=", forced,
+                " cannot run on this sm_", device_arch, " GPU (PTX only runs on its arch or newer)");
+    return {forced, ImageFormat::kPtx};
+  }
+  int best_cubin = 0;
+  for (int a : archs_with(ImageFormat::kCubin)) {
+    if (a / 10 == device_arch / 10 && a <= device_arch) best_cubin = std::max(best_cubin, a);
+  }
+  if (best_cubin) return {best_cubin, ImageFormat::kCubin};
+  int best_ptx = 0;
+  for (int a : archs_with(ImageFormat::kPtx)) {
+    if (a <= device_arch) best_ptx = std::max(best_ptx, a);
+  }
+  if (best_ptx) return {best_ptx, ImageFormat::kPtx};
+  TORCH_CHECK(false, "fusedconv: no kernel image runs on this GPU (sm_", device_arch,
+              "); this build carries ", describe_build(),
+              ". Rebuild with FUSEDCONV_ARCHS including ", device_arch, ".");
+}
+
+const KernelImage& find_image(const ImageSet& set, const char* kernel, const char* dtype,
+                              const char* mode, const char* config) {
+  for (size_t i = 0; i < kNumKernelImages; ++i) {
+    const KernelImage& k = kKernelImages[i];
+    if (k.arch == set.arch && k.format == set.format && !std::strcmp(k.kernel, kernel) &&
+        !std::strcmp(k.dtype, dtype) && !std::strcmp(k.mode, mode) && !std::strcmp(k.config, config)) {
+      return k;
+    }
+  }
+  TORCH_CHECK(false, "fusedconv: this build has no ", kernel, " kernel for dtype ", dtype, ", mode ",
+              mode, ", config ", config, " on sm_", set.arch,
+              set.format == ImageFormat::kPtx ? " (PTX)" : " (cubin)");
+}
+
+}  // namespace fusedconv

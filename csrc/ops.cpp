@@ -1,0 +1,31 @@
+// The op's schema: one TORCH_LIBRARY block. Implementations register per dispatch key in
+// forward_cpu.cpp, forward_cuda.cpp and forward_meta.cpp.
+#include <torch/library.h>
+
+#include "forward.h"
+#include "kernel_registry.h"
+
+namespace fusedconv {
+namespace {
+
+std::string build_report() { return kBuildReportJson; }
+
+void set_config(const std::string& config) { set_forced_config(config); }
+
+std::string get_config() { return forced_config(); }
+
+}  // namespace
+
+TORCH_LIBRARY(fusedconv, m) {
+  m.def(
+      "forward(Tensor x, Tensor weight, Tensor? conv_bias, Tensor bias, Tensor scale, "
+      "Tensor? gn_weight, Tensor? gn_bias, int num_groups, float eps=1e-05, "
+      "int[2] stride=1, int[2] padding=0, int[2] dilation=1) -> Tensor");
+  // JSON: versions, archs, and every image's config, registers, spills and shared memory.
+  m.def("build_report() -> str", &build_report);
+  m.def("_set_config(str config) -> ()", &set_config);
+  m.def("_get_config() -> str", &get_config);
+  m.def("_device_images(int device) -> str", &device_images);
+}
+
+}  // namespace fusedconv

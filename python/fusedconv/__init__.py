@@ -1,0 +1,12 @@
+"""fusedconv: Conv2d -> +bias -> *scale -> sigmoid -> GroupNorm as one PyTorch op,
+torch.ops.fusedconv.forward, from AOT-compiled Triton kernels launched from C++."""
+from . import _library
+
+_library.load()
+
+from .module import FusedConvSigmoidGroupNorm, ModelNew  # noqa: E402
+from .ops import build_report, conv_configs, forced_config, forward  # noqa: E402
+
+__version__ = "0.1.0"
+__all__ = ["forward", "FusedConvSigmoidGroupNorm", "ModelNew", "build_report", "forced_config",
+           "conv_configs"]

@@ -1,0 +1,43 @@
+"""Thin Python face of torch.ops.fusedconv: the op, its build report, and a config override."""
+import contextlib
+import json
+from typing import Optional, Sequence, Union
+
+import torch
+
+IntPair = Union[int, Sequence[int]]
+
+
+def forward(x: torch.Tensor, weight: torch.Tensor, conv_bias: Optional[torch.Tensor],
+            bias: torch.Tensor, scale: torch.Tensor, gn_weight: Optional[torch.Tensor],
+            gn_bias: Optional[torch.Tensor], num_groups: int, eps: float = 1e-5,
+            stride: IntPair = 1, padding: IntPair = 0, dilation: IntPair = 1) -> torch.Tensor:
+    """GroupNorm(sigmoid((conv2d(x, weight) + conv_bias + bias) * scale)); see README."""
+    return torch.ops.fusedconv.forward(x, weight, conv_bias, bias, scale, gn_weight, gn_bias,
+                                       num_groups, eps, _pair(stride), _pair(padding),
+                                       _pair(dilation))
+
+
+def _pair(v: IntPair):
+    return [v, v] if isinstance(v, int) else list(v)
+
+
+def build_report() -> dict:
+    """Versions, archs and every compiled image's config, registers, spills, shared memory."""
+    return json.loads(torch.ops.fusedconv.build_report())
+
+
+@contextlib.contextmanager
+def forced_config(name: str):
+    """Run the CUDA op with one block config (e.g. "m64_c16") instead of the heuristic's
+    choice: for tests and tuning. Process-wide, so not for concurrent use."""
+    previous = torch.ops.fusedconv._get_config()
+    torch.ops.fusedconv._set_config(name)
+    try:
+        yield
+    finally:
+        torch.ops.fusedconv._set_config(previous)
+
+
+def conv_configs() -> list:
+    return sorted({i["config"] for i in build_report()["images"] if i["kernel"] == "conv_stats"})

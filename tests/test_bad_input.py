@@ -1,0 +1,80 @@
+"""Every bad input gets a clear error naming the argument, before anything runs: on CPU, on the
+meta device (the fake kernel's path) and on CUDA, through the one validation routine."""
+import pytest
+import torch
+
+import fusedconv
+
+DEVICES = ["cpu", "meta", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA GPU"))]
+
+
+def good_args(device):
+    t = lambda *s: torch.rand(*s, device=device)  # noqa: E731
+    return dict(x=t(2, 3, 10, 10), weight=t(8, 3, 3, 3), conv_bias=t(8), bias=t(8, 1, 1),
+                scale=t(8), gn_weight=t(8), gn_bias=t(8), num_groups=4, eps=1e-5,
+                stride=[1, 1], padding=[0, 0], dilation=[1, 1])
+
+
+def call(a):
+    return torch.ops.fusedconv.forward(a["x"], a["weight"], a["conv_bias"], a["bias"], a["scale"],
+                                       a["gn_weight"], a["gn_bias"], a["num_groups"], a["eps"],
+                                       a["stride"], a["padding"], a["dilation"])
+
+
+# (id, change to the good arguments, exception type, words the message must contain)
+BAD = [
+    ("x_3d", lambda a: a.update(x=a["x"][0]), ValueError, "x must be 4-D"),
+    ("x_5d", lambda a: a.update(x=a["x"][None]), ValueError, "x must be 4-D"),
+    ("weight_3d", lambda a: a.update(weight=a["weight"][0]), ValueError, "weight must be 4-D"),
+    ("c_in_mismatch", lambda a: a.update(weight=a["weight"][:, :2].contiguous()), ValueError, "C_in"),
+    ("groups_not_dividing", lambda a: a.update(num_groups=3), ValueError, "num_groups = 3 must divide C_out"),
+    ("groups_zero", lambda a: a.update(num_groups=0), ValueError, "num_groups must be positive"),
+    ("groups_negative", lambda a: a.update(num_groups=-2), ValueError, "num_groups must be positive"),
+    ("groups_above_c_out", lambda a: a.update(num_groups=16), ValueError, "num_groups = 16 must divide"),
+    ("bias_numel", lambda a: a.update(bias=a["bias"][:7]), ValueError, "bias must have shape"),
+    ("scale_numel", lambda a: a.update(scale=torch.cat([a["scale"], a["scale"]])), ValueError, "scale must have shape"),
+    ("scale_2d", lambda a: a.update(scale=a["scale"].view(2, 4)), ValueError, "scale must have shape"),
+    ("conv_bias_numel", lambda a: a.update(conv_bias=a["conv_bias"][:4]), ValueError, "conv_bias must have shape"),
+    ("gn_weight_numel", lambda a: a.update(gn_weight=a["gn_weight"][:1]), ValueError, "gn_weight must have shape"),
+    ("gn_bias_numel", lambda a: a.update(gn_bias=a["gn_bias"][:5]), ValueError, "gn_bias must have shape"),
+    ("weight_dtype", lambda a: a.update(weight=a["weight"].half()), TypeError, "weight has dtype"),
+    ("bias_dtype", lambda a: a.update(bias=a["bias"].double()), TypeError, "bias has dtype"),
+    ("gn_bias_dtype", lambda a: a.update(gn_bias=a["gn_bias"].bfloat16()), TypeError, "gn_bias has dtype"),
+    ("x_integer", lambda a: a.update(x=(a["x"] * 10).long()), TypeError, "x must be float32, float16 or bfloat16"),
+    ("x_double", lambda a: a.update(x=a["x"].double(), weight=a["weight"].double()), TypeError, "x must be float32"),
+    ("kernel_too_large", lambda a: a.update(weight=torch.rand(8, 3, 11, 3, device=a["x"].device)), ValueError, "kernel's height"),
+    ("kernel_too_large_dilated", lambda a: a.update(dilation=[1, 5]), ValueError, "kernel's width"),
+    ("stride_zero", lambda a: a.update(stride=[0, 1]), ValueError, "stride must be positive"),
+    ("dilation_negative", lambda a: a.update(dilation=[1, -1]), ValueError, "dilation must be positive"),
+    ("padding_negative", lambda a: a.update(padding=[-1, 0]), ValueError, "padding must be >= 0"),
+    ("stride_three_values", lambda a: a.update(stride=[1, 1, 1]), ValueError, "stride must hold 1 or 2"),
+    ("eps_nan", lambda a: a.update(eps=float("nan")), ValueError, "eps must be finite"),
+    ("eps_inf", lambda a: a.update(eps=float("inf")), ValueError, "eps must be finite"),
+    ("eps_negative", lambda a: a.update(eps=-1.0), ValueError, "eps must be finite and >= 0"),
+    ("weight_zero_sized", lambda a: a.update(weight=a["weight"][:, :, :0]), ValueError, "zero-sized"),
+]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("mutate,exc,words", [b[1:] for b in BAD], ids=[b[0] for b in BAD])
+def test_bad_input_names_the_argument(device, mutate, exc, words):
+    a = good_args(device)
+    call(a)  # the unmodified arguments are fine
+    mutate(a)
+    with pytest.raises(exc, match=words.replace("(", r"\(")):
+        call(a)
+
+
+@pytest.mark.parametrize("name", ["weight", "bias", "scale", "conv_bias", "gn_weight", "gn_bias"])
+def test_mixed_devices(name):
+    a = good_args("cpu")
+    a[name] = a[name].to("meta")
+    with pytest.raises(RuntimeError, match=f"{name} is on meta but x is on cpu"):
+        call(a)
+
+
+def test_errors_come_through_the_module():
+    m = fusedconv.FusedConvSigmoidGroupNorm(3, 8, 3, 4)
+    with pytest.raises(ValueError, match="x has C_in = 5"):
+        m(torch.rand(1, 5, 10, 10))

@@ -1,0 +1,70 @@
+"""What the build carries: sm_89 and sm_90 cubins, the sm_89 PTX, every variant the kernel
+table defines, no spills, shared memory within the RTX 4090's 99 KB per block, and a library
+with no Python dependency."""
+import shutil
+import subprocess
+
+import pytest
+
+import fusedconv
+from fusedconv import _library
+from fusedconv.triton_kernels import variants as V
+
+REPORT = fusedconv.build_report()
+SM89_SHARED_LIMIT = 99 * 1024
+
+
+def images(**match):
+    return [i for i in REPORT["images"] if all(i[k] == v for k, v in match.items())]
+
+
+def test_versions_and_archs():
+    assert REPORT["triton"] == "3.6.0", "ship cubins from the device machine's Triton"
+    assert {89, 90} <= set(REPORT["archs"])
+    assert 89 in REPORT["ptx_archs"]
+
+
+@pytest.mark.parametrize("arch,fmt", [(89, "cubin"), (90, "cubin"), (89, "ptx")])
+def test_every_variant_is_built(arch, fmt):
+    built = {(i["kernel"], i["dtype"], i["mode"], i["config"]) for i in images(arch=arch, format=fmt)}
+    wanted = {(v.kernel, v.dtype, v.mode, v.config.name) for v in V.variants(arch)}
+    assert built == wanted
+
+
+def test_no_variant_spills():
+    spilling = [(i["arch"], i["kernel"], i["dtype"], i["mode"], i["config"], i["spill_bytes"])
+                for i in REPORT["images"] if i["spill_bytes"] or i["stack_bytes"]]
+    assert spilling == []
+
+
+def test_sm89_shared_memory_fits_a_4090_block():
+    over = [(i["kernel"], i["config"], i["shared"]) for i in images(arch=89) if i["shared"] > SM89_SHARED_LIMIT]
+    assert over == []
+
+
+def test_registers_within_the_hardware_limit():
+    assert all(0 < i["registers"] <= 255 for i in REPORT["images"])
+
+
+def test_each_kernel_has_a_smaller_fallback_config():
+    for name, (_, configs) in V.KERNELS.items():
+        assert 2 <= len(configs) <= 3, name
+        sizes = [c.meta.get("BLOCK_M", c.meta.get("BLOCK")) * c.meta.get("BLOCK_C", 1) for c in configs]
+        assert min(sizes) < max(sizes), name
+
+
+@pytest.mark.skipif(shutil.which("readelf") is None, reason="needs binutils' readelf")
+def test_op_library_has_no_python_dependency():
+    out = subprocess.run(["readelf", "-d", str(_library.library_path())], check=True,
+                         capture_output=True, text=True).stdout
+    needed = [line.split("[")[1].rstrip("]") for line in out.splitlines() if "(NEEDED)" in line]
+    assert needed, out
+    assert not [n for n in needed if "python" in n], needed
+
+
+def test_info_command_prints_every_image(capsys):
+    from fusedconv.__main__ import main
+    main(["info"])
+    out = capsys.readouterr().out
+    assert "sm_89" in out and "sm_90" in out and "spill_bytes" in out
+    assert out.count("conv_stats") == len(images(kernel="conv_stats"))

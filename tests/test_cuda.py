@@ -1,0 +1,142 @@
+"""CUDA-only checks: the benchmark shape, every block config, the TF32 opt-in, which images
+run, and the run path without Triton. Skipped without a GPU; run on the device machine, both
+natively and with FUSEDCONV_FORCE_PTX=89 (the RTX 4090's kernel code on Hopper)."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import fusedconv
+from helpers import (DTYPES, Case, assert_matches, expected, fused_model, poison_cuda_allocator,
+                     random_input, reference, reference_model)
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.fixture
+def fp32_matmul_precision():
+    previous = torch.get_float32_matmul_precision()
+    yield torch.set_float32_matmul_precision
+    torch.set_float32_matmul_precision(previous)
+
+
+def test_images_in_use():
+    images = torch.ops.fusedconv._device_images(torch.cuda.current_device())
+    major, minor = torch.cuda.get_device_capability()
+    forced = os.environ.get("FUSEDCONV_FORCE_PTX")
+    if forced:
+        assert images == f"sm_{forced.removeprefix('sm_')} PTX"
+    else:
+        assert images == f"sm_{major}{minor} cubin"
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES), ids=list(DTYPES))
+def test_benchmark_shape(dtype):
+    """The benchmark problem at its full size, checked the benchmark's way: allclose against
+    the reference module in fp32 on the same inputs (1e-4 for fp32, 1e-2 for fp16/bf16)."""
+    torch.manual_seed(0)
+    dt = DTYPES[dtype]
+    ref = reference.Model(*reference.get_init_inputs()).cuda()
+    ours = fusedconv.ModelNew(*reference.get_init_inputs())
+    ours.load_state_dict(ref.state_dict())
+    ours = ours.cuda().to(dt)
+    x = reference.get_inputs()[0].cuda().to(dt)
+    ref_in = ref.to(dt).float()  # parameters rounded as the op sees them
+    cudnn_tf32 = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        with torch.no_grad():
+            exp = ref_in(x.float())
+            poison_cuda_allocator(exp.numel() * 4)
+            out = ours(x)
+    finally:
+        torch.backends.cudnn.allow_tf32 = cudnn_tf32
+    tol = 1e-4 if dt == torch.float32 else 1e-2
+    assert out.dtype == dt and torch.isfinite(out).all()
+    err = (out.float() - exp).abs().max().item()
+    assert torch.allclose(out.float(), exp, atol=tol, rtol=tol), f"max |err| {err:.3e}"
+
+
+CONFIG_CASES = [
+    Case(n=2, c_in=3, c_out=40, h=37, w=45, kernel=(3, 2), groups=5, stride=(1, 2), padding=(1, 1), dilation=(2, 1)),
+    Case(n=3, c_in=8, c_out=32, h=70, w=66, groups=8),
+]
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES), ids=list(DTYPES))
+@pytest.mark.parametrize("case", CONFIG_CASES, ids=str)
+def test_every_config(case, dtype):
+    """Each block config the build carries, forced, on ragged shapes."""
+    dt = DTYPES[dtype]
+    ref = reference_model(case)
+    model = fused_model(case, ref).cuda().to(dt)
+    x = random_input(case).cuda().to(dt)
+    exp = expected(case, x.cpu(), ref, dt)
+    for config in fusedconv.conv_configs():
+        poison_cuda_allocator(exp.numel() * 8)
+        with fusedconv.forced_config(config), torch.no_grad():
+            assert_matches(model(x), exp, dt)
+
+
+def test_tf32_is_opt_in(fp32_matmul_precision):
+    case = Case(n=2, c_in=8, c_out=32, h=40, w=40, groups=8)
+    ref = reference_model(case)
+    model = fused_model(case, ref).cuda()
+    x = random_input(case).cuda()
+    exp = expected(case, x.cpu(), ref, torch.float32)
+    with torch.no_grad():
+        fp32_matmul_precision("highest")
+        accurate = model(x)
+        fp32_matmul_precision("high")
+        tf32 = model(x)
+    assert_matches(accurate, exp, torch.float32)
+    assert not torch.equal(accurate, tf32), "'high' precision should select the TF32 kernels"
+    assert torch.allclose(tf32.double().cpu(), exp, atol=1e-2, rtol=1e-2)
+
+
+def test_runs_on_the_current_stream():
+    case = Case(n=2, c_in=3, c_out=8, h=30, w=30, groups=4)
+    ref = reference_model(case)
+    model = fused_model(case, ref).cuda()
+    side = torch.cuda.Stream()
+    with torch.cuda.stream(side), torch.no_grad():
+        x = random_input(case).cuda()  # written on the side stream only
+        out = model(x)
+    side.synchronize()
+    assert_matches(out, expected(case, x.cpu(), ref, torch.float32), torch.float32)
+
+
+def test_repeatable_bitwise():
+    case = Case(n=2, c_in=8, c_out=32, h=50, w=50, groups=8)
+    model = fused_model(case, reference_model(case)).cuda()
+    x = random_input(case).cuda()
+    with torch.no_grad():
+        first = model(x)
+        for _ in range(3):
+            assert torch.equal(model(x), first)
+
+
+def test_cuda_path_needs_no_triton():
+    """The op runs with Triton unimportable: nothing on the run path uses it."""
+    code = """
+import sys
+sys.modules['triton'] = None  # any `import triton` now raises ImportError
+import torch, fusedconv
+x = torch.rand(2, 3, 20, 20)
+w, p = torch.randn(8, 3, 3, 3), torch.randn(8)
+cpu = fusedconv.forward(x, w, p, p, p, p, p, 4)
+gpu = fusedconv.forward(x.cuda(), w.cuda(), p.cuda(), p.cuda(), p.cuda(), p.cuda(), p.cuda(), 4)
+assert torch.allclose(gpu.cpu(), cpu, atol=1e-4, rtol=1e-4), (gpu.cpu() - cpu).abs().max()
+try:
+    import triton
+    raise SystemExit('triton was importable')
+except ImportError:
+    pass
+print('ok')
+"""
+    env = dict(os.environ)
+    env.pop("TRITON_INTERPRET", None)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stdout + r.stderr

@@ -1,0 +1,134 @@
+"""Every bare @triton.jit kernel under TRITON_INTERPRET=1 on small CPU tensors, for every
+variant the build ships (config x dtype x precision over both archs), against the float64
+reference. Checks the kernels' index math, masking and statistics without a GPU; codegen,
+races and TF32 rounding stay with the CUDA tests."""
+import os
+
+import pytest
+import torch
+
+from helpers import DTYPES, Case, assert_matches, expected, fused_model, random_input, reference_model
+
+pytestmark = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
+                                reason="TRITON_INTERPRET=1 must be set before Triton is imported")
+
+triton = pytest.importorskip("triton")
+from fusedconv.triton_kernels import conv_sigmoid_groupnorm as K  # noqa: E402
+from fusedconv.triton_kernels import variants as V  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def interpreter_fixes(monkeypatch):
+    """Two Triton 3.6 interpreter bugs, mended here so the kernels can be tested as written.
+
+    1. It turns a scalar into an int with int(np.array([v])), which NumPy >= 2.4 refuses, so
+       any range() over a runtime bound fails; read the one element instead.
+    2. It hands bf16 operands to np.matmul as their raw 16-bit patterns
+    (numpy has no bf16), so every bf16 tl.dot comes out as garbage. Widen them to the fp32
+    values they encode first (exact: bf16 is fp32's top half), as the GPU's MMA does."""
+    import numpy as np
+    from triton.runtime import interpreter
+
+    original = interpreter.InterpreterBuilder.create_dot
+
+    def widen(h):
+        if h.dtype.scalar == triton.language.bfloat16:
+            bits = h.data.astype(np.uint16).astype(np.uint32) << 16
+            return interpreter.TensorHandle(bits.view(np.float32), triton.language.float32)
+        return h
+
+    def create_dot(self, a, b, d, input_precision, max_num_imprecise_acc):
+        return original(self, widen(a), widen(b), d, input_precision, max_num_imprecise_acc)
+
+    monkeypatch.setattr(interpreter.InterpreterBuilder, "create_dot", create_dot)
+
+    patch_tensor = interpreter._patch_lang_tensor
+
+    def patch_tensor_with_scalar_index(tensor, scope):
+        patch_tensor(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
+
+    monkeypatch.setattr(interpreter, "_patch_lang_tensor", patch_tensor_with_scalar_index)
+
+
+TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+# Ragged everywhere: positions not a multiple of any BLOCK_M, C_out not a multiple of BLOCK_C,
+# groups straddling channel blocks, padding, stride, dilation, a rectangular kernel.
+CASES = [
+    Case(n=2, c_in=3, c_out=20, h=19, w=21, kernel=(3, 2), groups=4, stride=(1, 2), padding=(1, 0), dilation=(1, 2)),
+    Case(n=1, c_in=5, c_out=6, h=9, w=7, kernel=(1, 1), groups=6),
+]
+
+
+def conv_variants():
+    """(dtype, precision, config) over every arch's conv variants, each once."""
+    seen = {}
+    for arch in (89, 90):
+        for v in V.variants(arch):
+            if v.kernel == "conv_stats":
+                seen[(v.dtype, v.precision, v.config.name)] = v
+    return list(seen.values())
+
+
+def run_pipeline(case, dtype_name, precision, conv_cfg, stats_cfg):
+    dtype = TORCH_DTYPES[dtype_name]
+    ref = reference_model(case)
+    model = fused_model(case, ref).to(dtype)
+    x = random_input(case).to(dtype)
+    conv, gn = model.conv, model.group_norm
+    w = conv.weight.detach().reshape(case.c_out, -1).contiguous()
+    c_out, g = case.c_out, case.groups
+    h_out = (case.h + 2 * case.padding[0] - case.dilation[0] * (case.kernel[0] - 1) - 1) // case.stride[0] + 1
+    w_out = (case.w + 2 * case.padding[1] - case.dilation[1] * (case.kernel[1] - 1) - 1) // case.stride[1] + 1
+    hw = h_out * w_out
+    bm, bc = conv_cfg.meta["BLOCK_M"], conv_cfg.meta["BLOCK_C"]
+    tiles, cblocks = -(-hw // bm), -(-c_out // bc)
+    nan = float("nan")
+    part_mean = torch.full((case.n, c_out, tiles), nan)
+    part_m2 = torch.full((case.n, c_out, tiles), nan)
+    stats = torch.full((case.n, g, 2), nan)
+    y = torch.full((case.n, c_out, h_out, w_out), nan, dtype=dtype)
+    geometry = (c_out, case.h, case.w, w_out, hw, *case.kernel, w.shape[1], *x.stride(),
+                *case.stride, *case.padding, *case.dilation, tiles, cblocks, 1)
+    meta = dict(conv_cfg.meta, PRECISION=precision)
+    p = lambda t: t.detach().reshape(-1)  # noqa: E731
+    K.conv_stats_kernel[(case.n * tiles * cblocks,)](
+        x, w, p(conv.bias), p(model.bias), p(model.scale), part_mean, part_m2, *geometry, **meta)
+    assert torch.isfinite(part_mean).all() and (part_m2 >= 0).all()
+    K.group_stats_kernel[(case.n * g,)](part_mean, part_m2, stats, c_out // g, hw, tiles, bm,
+                                        gn.eps, **stats_cfg.meta)
+    assert torch.isfinite(stats).all() and (stats[..., 1] > 0).all()
+    K.conv_norm_kernel[(case.n * tiles * cblocks,)](
+        x, w, p(conv.bias), p(model.bias), p(model.scale), p(gn.weight), p(gn.bias), stats, y,
+        *geometry, g, c_out // g, 1, 1, **meta)
+    return assert_matches(y, expected(case, x, ref, dtype), dtype)
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+@pytest.mark.parametrize("variant", conv_variants(), ids=lambda v: f"{v.dtype}-{v.precision}-{v.config.name}")
+def test_conv_variants(case, variant):
+    run_pipeline(case, variant.dtype, variant.precision, variant.config, V.GROUP_STATS_CONFIGS[0])
+
+
+@pytest.mark.parametrize("stats_cfg", V.GROUP_STATS_CONFIGS, ids=lambda c: c.name)
+def test_group_stats_configs(stats_cfg):
+    # Many tiles per group, so the merge loops more than once with BLOCK=64.
+    case = Case(n=1, c_in=2, c_out=8, h=40, w=40, groups=2)
+    run_pipeline(case, "fp32", "ieee", V.CONV_CONFIGS[-1], stats_cfg)
+
+
+def test_group_stats_tiny_variance_next_to_a_large_mean():
+    """Chan's merge stays exact where sum(v^2) - sum(v)^2/n would cancel: 1000 + tiny noise."""
+    torch.manual_seed(0)
+    tiles, bm, hw, cpg = 7, 64, 7 * 64 - 5, 3
+    vals = 1000.0 + 1e-3 * torch.randn(1, cpg, hw, dtype=torch.float64)
+    counts = torch.tensor([min(bm, hw - t * bm) for t in range(tiles)])
+    chunks = [vals[..., t * bm: t * bm + int(counts[t])] for t in range(tiles)]
+    mean = torch.stack([c.mean(-1) for c in chunks], -1).float()
+    m2 = torch.stack([((c - c.mean(-1, keepdim=True)) ** 2).sum(-1) for c in chunks], -1).float()
+    stats = torch.full((1, 1, 2), float("nan"))
+    K.group_stats_kernel[(1,)](mean.contiguous(), m2.contiguous(), stats, cpg, hw, tiles, bm, 0.0, BLOCK=64)
+    var = vals.var(unbiased=False).item()
+    assert abs(stats[0, 0, 0].item() - vals.mean().item()) < 1e-3
+    assert stats[0, 0, 1].item() == pytest.approx(var ** -0.5, rel=1e-3)

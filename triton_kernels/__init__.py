@@ -1,0 +1,1 @@
+"""fusedconv's Triton kernel source: the single source of truth for its GPU code."""

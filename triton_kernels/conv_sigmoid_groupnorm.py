@@ -1,0 +1,206 @@
+"""Conv2d -> +bias -> *scale -> sigmoid -> GroupNorm as three Triton kernels.
+
+The single source of truth for fusedconv's GPU code: the AOT build compiles these functions
+into cubins/PTX, the interpreter tests launch them on CPU tensors, and nothing else holds
+kernel code.
+
+Algorithm (recompute, design option 2 in shared/design/performance-model.md):
+  1. conv_stats_kernel: conv + epilogue per (sample, tile of output positions, channel
+     block); writes each channel's tile mean and M2 (sum of squared deviations), no output.
+  2. group_stats_kernel: per (sample, group), merges those partials in a fixed order
+     (Chan's parallel variance: exact, deterministic, never negative) into mean and rstd.
+  3. conv_norm_kernel: conv + epilogue again, normalizes, writes y once.
+y is written once and never read back: x is read twice instead, which is 4x fewer bytes.
+
+Index conventions shared by the conv kernels:
+  x       [N, C_in, H, W]           any strides; the batch stride is 64-bit, the others 32-bit
+  weight  [C_out, C_in * KH * KW]   contiguous
+  y       [N, C_out, H_out * W_out] contiguous
+  partial [N, C_out, P_TILES]       fp32 tile mean and M2
+  stats   [N, G, 2]                 fp32 (mean, rstd)
+  one program per (n, position tile, channel block), channel block fastest so the programs
+  that share an x tile run together and find it in L2.
+"""
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _sigmoid(z):
+    # exp(-z) overflows to inf for very negative z and 1 / (1 + inf) = 0 is the right limit,
+    # so no clamping is needed; Triton has no tl.sigmoid.
+    return 1.0 / (1.0 + tl.exp(-z))
+
+
+@triton.jit
+def _tile_coords(num_p_tiles, num_c_blocks):
+    pid = tl.program_id(0)
+    c_block = pid % num_c_blocks
+    rest = pid // num_c_blocks
+    return rest // num_p_tiles, rest % num_p_tiles, c_block
+
+
+@triton.jit
+def _conv_bias_scale_sigmoid_tile(
+    x_ptr, w_ptr, conv_bias_ptr, bias_ptr, scale_ptr,
+    n, offs_p, offs_c, p_mask, c_mask,
+    H, W, W_out, KH, KW, K_total,
+    stride_xn, stride_xc, stride_xh, stride_xw,
+    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+    has_conv_bias,
+    BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    """sigmoid(((conv(x, w) + conv_bias) + bias) * scale) for BLOCK_M positions x BLOCK_C
+    channels, in fp32. Rows or columns outside p_mask/c_mask hold garbage: callers mask."""
+    oh = offs_p // W_out
+    ow = offs_p % W_out
+    ih0 = oh * stride_h - pad_h
+    iw0 = ow * stride_w - pad_w
+    x_sample = x_ptr + n.to(tl.int64) * stride_xn
+    row_off = ih0 * stride_xh + iw0 * stride_xw
+    acc = tl.zeros((BLOCK_M, BLOCK_C), dtype=tl.float32)
+    # Implicit GEMM: K runs over (ci, kh, kw); decoding k costs BLOCK_K divisions per step,
+    # not BLOCK_M * BLOCK_K.
+    for k0 in range(0, K_total, BLOCK_K):
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        k_mask = offs_k < K_total
+        ci = offs_k // (KH * KW)
+        khw = offs_k % (KH * KW)
+        dh = (khw // KW) * dil_h
+        dw = (khw % KW) * dil_w
+        ih = ih0[:, None] + dh[None, :]
+        iw = iw0[:, None] + dw[None, :]
+        in_bounds = (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+        x_mask = p_mask[:, None] & k_mask[None, :] & in_bounds
+        col_off = ci * stride_xc + dh * stride_xh + dw * stride_xw
+        x_tile = tl.load(x_sample + row_off[:, None] + col_off[None, :], mask=x_mask, other=0.0)
+        w_tile = tl.load(w_ptr + offs_c[None, :] * K_total + offs_k[:, None],
+                         mask=k_mask[:, None] & c_mask[None, :], other=0.0)
+        acc = tl.dot(x_tile, w_tile, acc, input_precision=PRECISION)
+
+    # A missing conv bias is a masked-off load (reads nothing, yields 0): no extra variant.
+    conv_bias = tl.load(conv_bias_ptr + offs_c, mask=c_mask & (has_conv_bias != 0), other=0.0)
+    bias = tl.load(bias_ptr + offs_c, mask=c_mask, other=0.0)
+    scale = tl.load(scale_ptr + offs_c, mask=c_mask, other=0.0)
+    # The reference's order of rounding: ((conv + conv_bias) + bias) * scale.
+    z = (acc + conv_bias.to(tl.float32)[None, :] + bias.to(tl.float32)[None, :]) * scale.to(tl.float32)[None, :]
+    return _sigmoid(z)
+
+
+@triton.jit
+def conv_stats_kernel(
+    x_ptr,          # [N, C_in, H, W], strided
+    w_ptr,          # [C_out, C_in*KH*KW], contiguous
+    conv_bias_ptr,  # [C_out]; read only if has_conv_bias
+    bias_ptr,       # [C_out]
+    scale_ptr,      # [C_out]
+    part_mean_ptr,  # [N, C_out, num_p_tiles] fp32, out
+    part_m2_ptr,    # [N, C_out, num_p_tiles] fp32, out
+    C_out, H, W, W_out, HW_out, KH, KW, K_total,
+    stride_xn, stride_xc, stride_xh, stride_xw,
+    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+    num_p_tiles, num_c_blocks, has_conv_bias,
+    BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    n, p_tile, c_block = _tile_coords(num_p_tiles, num_c_blocks)
+    offs_p = p_tile * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_c = c_block * BLOCK_C + tl.arange(0, BLOCK_C)
+    p_mask = offs_p < HW_out
+    c_mask = offs_c < C_out
+    v = _conv_bias_scale_sigmoid_tile(
+        x_ptr, w_ptr, conv_bias_ptr, bias_ptr, scale_ptr,
+        n, offs_p, offs_c, p_mask, c_mask,
+        H, W, W_out, KH, KW, K_total,
+        stride_xn, stride_xc, stride_xh, stride_xw,
+        stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+        has_conv_bias, BLOCK_M, BLOCK_C, BLOCK_K, PRECISION)
+    # Two passes over registers: the tile's own mean first, then squared deviations from it,
+    # so M2 never suffers the cancellation of sum(v^2) - sum(v)^2 / n.
+    count = tl.minimum(HW_out - p_tile * BLOCK_M, BLOCK_M).to(tl.float32)
+    tile_mean = tl.sum(tl.where(p_mask[:, None], v, 0.0), axis=0) / count
+    dev = tl.where(p_mask[:, None], v - tile_mean[None, :], 0.0)
+    tile_m2 = tl.sum(dev * dev, axis=0)
+    out = (n.to(tl.int64) * C_out + offs_c) * num_p_tiles + p_tile
+    tl.store(part_mean_ptr + out, tile_mean, mask=c_mask)
+    tl.store(part_m2_ptr + out, tile_m2, mask=c_mask)
+
+
+@triton.jit
+def group_stats_kernel(
+    part_mean_ptr,  # [N, C_out, num_p_tiles] fp32
+    part_m2_ptr,    # [N, C_out, num_p_tiles] fp32
+    stats_ptr,      # [N, G, 2] fp32, out: (mean, rstd)
+    channels_per_group, HW_out, num_p_tiles, tile_m, eps,
+    BLOCK: tl.constexpr,
+):
+    # One program per (n, group). A group's channels are adjacent, so its partials are one
+    # contiguous run of channels_per_group * num_p_tiles entries.
+    pid = tl.program_id(0)
+    run = channels_per_group * num_p_tiles
+    base = pid.to(tl.int64) * run
+    total = (channels_per_group * HW_out).to(tl.float32)
+
+    weighted = tl.zeros((BLOCK,), dtype=tl.float32)
+    for i0 in range(0, run, BLOCK):
+        i = i0 + tl.arange(0, BLOCK)
+        mask = i < run
+        count = tl.minimum(HW_out - (i % num_p_tiles) * tile_m, tile_m).to(tl.float32)
+        weighted += tl.where(mask, count * tl.load(part_mean_ptr + base + i, mask=mask, other=0.0), 0.0)
+    mean = tl.sum(weighted, axis=0) / total
+
+    # Chan et al.: M2 = sum(M2_i) + sum(n_i * (mean_i - mean)^2); every term is >= 0.
+    m2 = tl.zeros((BLOCK,), dtype=tl.float32)
+    for i0 in range(0, run, BLOCK):
+        i = i0 + tl.arange(0, BLOCK)
+        mask = i < run
+        count = tl.minimum(HW_out - (i % num_p_tiles) * tile_m, tile_m).to(tl.float32)
+        d = tl.load(part_mean_ptr + base + i, mask=mask, other=0.0) - mean
+        part = tl.load(part_m2_ptr + base + i, mask=mask, other=0.0) + count * d * d
+        m2 += tl.where(mask, part, 0.0)
+    var = tl.sum(m2, axis=0) / total
+    rstd = 1.0 / tl.sqrt_rn(var + eps)
+    tl.store(stats_ptr + pid.to(tl.int64) * 2, mean)
+    tl.store(stats_ptr + pid.to(tl.int64) * 2 + 1, rstd)
+
+
+@triton.jit
+def conv_norm_kernel(
+    x_ptr,          # [N, C_in, H, W], strided
+    w_ptr,          # [C_out, C_in*KH*KW], contiguous
+    conv_bias_ptr,  # [C_out]; read only if has_conv_bias
+    bias_ptr,       # [C_out]
+    scale_ptr,      # [C_out]
+    gn_weight_ptr,  # [C_out]; read only if has_gn_weight
+    gn_bias_ptr,    # [C_out]; read only if has_gn_bias
+    stats_ptr,      # [N, G, 2] fp32 (mean, rstd)
+    y_ptr,          # [N, C_out, H_out*W_out], contiguous, out
+    C_out, H, W, W_out, HW_out, KH, KW, K_total,
+    stride_xn, stride_xc, stride_xh, stride_xw,
+    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+    num_p_tiles, num_c_blocks, has_conv_bias,
+    num_groups, channels_per_group, has_gn_weight, has_gn_bias,
+    BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    n, p_tile, c_block = _tile_coords(num_p_tiles, num_c_blocks)
+    offs_p = p_tile * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_c = c_block * BLOCK_C + tl.arange(0, BLOCK_C)
+    p_mask = offs_p < HW_out
+    c_mask = offs_c < C_out
+    v = _conv_bias_scale_sigmoid_tile(
+        x_ptr, w_ptr, conv_bias_ptr, bias_ptr, scale_ptr,
+        n, offs_p, offs_c, p_mask, c_mask,
+        H, W, W_out, KH, KW, K_total,
+        stride_xn, stride_xc, stride_xh, stride_xw,
+        stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+        has_conv_bias, BLOCK_M, BLOCK_C, BLOCK_K, PRECISION)
+    stat = (n.to(tl.int64) * num_groups + offs_c // channels_per_group) * 2
+    mean = tl.load(stats_ptr + stat, mask=c_mask, other=0.0)
+    rstd = tl.load(stats_ptr + stat + 1, mask=c_mask, other=0.0)
+    gamma = tl.load(gn_weight_ptr + offs_c, mask=c_mask & (has_gn_weight != 0), other=1.0).to(tl.float32)
+    beta = tl.load(gn_bias_ptr + offs_c, mask=c_mask & (has_gn_bias != 0), other=0.0).to(tl.float32)
+    y = (v - mean[None, :]) * (rstd * gamma)[None, :] + beta[None, :]
+    out = (n.to(tl.int64) * C_out + offs_c[None, :]) * HW_out + offs_p[:, None]
+    tl.store(y_ptr + out, y.to(y_ptr.dtype.element_ty), mask=p_mask[:, None] & c_mask[None, :])

@@ -1,0 +1,115 @@
+"""What the AOT build compiles from conv_sigmoid_groupnorm.py: kernels x dtypes x precision
+modes x block configs x archs, and each kernel argument's type.
+
+Kept beside the kernels so the build, the interpreter tests and the export read one table.
+Config names are part of the C++ runtime's contract (its heuristic asks for them by name).
+"""
+from dataclasses import dataclass
+
+from . import conv_sigmoid_groupnorm as k
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str
+    meta: dict  # the kernel's constexpr block sizes
+    num_warps: int
+    num_stages: int
+
+
+# Conv kernels. Registers per thread for the fp32 accumulator alone are
+# BLOCK_M * BLOCK_C / (32 * num_warps) = 32 in each, leaving room for operands under 128.
+# m64_c16 is the small fallback: small C_out, small images, and the first thing to halve to
+# if a config ever spills.
+CONV_CONFIGS = (
+    Config("m256_c32", dict(BLOCK_M=256, BLOCK_C=32, BLOCK_K=16), num_warps=8, num_stages=2),
+    Config("m128_c32", dict(BLOCK_M=128, BLOCK_C=32, BLOCK_K=16), num_warps=4, num_stages=2),
+    Config("m64_c16", dict(BLOCK_M=64, BLOCK_C=16, BLOCK_K=16), num_warps=2, num_stages=2),
+)
+
+# Statistics merge: one program per (sample, group) streams that group's partials.
+GROUP_STATS_CONFIGS = (
+    Config("b256", dict(BLOCK=256), num_warps=4, num_stages=1),
+    Config("b64", dict(BLOCK=64), num_warps=1, num_stages=1),
+)
+
+DTYPES = ("fp32", "fp16", "bf16")
+
+# tl.dot input precision per (arch, dtype, mode). "accurate" must pass allclose(1e-4) in fp32:
+# on sm_90 the tensor cores in 3xTF32 beat the FP32 units; on sm_89 TF32 runs no faster than
+# FFMA, so exact FP32 ("ieee", lowered to FMA) is the accurate path. "tf32" is the opt-in
+# fast mode. Half-precision operands always use the tensor cores; their products are exact
+# in the fp32 accumulator, so they have one mode.
+def precisions(arch: int, dtype: str) -> dict:
+    if dtype != "fp32":
+        return {"native": "tf32"}
+    return {"accurate": "tf32x3" if arch >= 90 else "ieee", "tf32": "tf32"}
+
+
+KERNELS = {
+    "conv_stats": (k.conv_stats_kernel, CONV_CONFIGS),
+    "group_stats": (k.group_stats_kernel, GROUP_STATS_CONFIGS),
+    "conv_norm": (k.conv_norm_kernel, CONV_CONFIGS),
+}
+
+# Buffers the kernels own are fp32 whatever the input dtype.
+_FP32_POINTERS = {"part_mean_ptr", "part_m2_ptr", "stats_ptr"}
+_INT64_ARGS = {"stride_xn"}
+_FP32_ARGS = {"eps"}
+
+
+def signature(fn, dtype: str, constexprs: dict) -> dict:
+    """Triton AOT signature of `fn`: tensors of the op's dtype, our fp32 buffers, 32-bit
+    sizes except the 64-bit batch stride (outputs over 2^31 elements need it)."""
+    sig = {}
+    for name in fn.arg_names:
+        if name in constexprs:
+            sig[name] = "constexpr"
+        elif name.endswith("_ptr"):
+            sig[name] = "*fp32" if name in _FP32_POINTERS else f"*{dtype}"
+        elif name in _INT64_ARGS:
+            sig[name] = "i64"
+        elif name in _FP32_ARGS:
+            sig[name] = "fp32"
+        else:
+            sig[name] = "i32"
+    return sig
+
+
+@dataclass(frozen=True)
+class Variant:
+    kernel: str      # key of KERNELS
+    dtype: str       # "fp32" | "fp16" | "bf16"; group_stats is dtype-free and says "fp32"
+    mode: str        # "accurate" | "tf32" | "native"; group_stats says "any"
+    precision: str   # tl.dot input_precision, "" for group_stats
+    config: Config
+
+    @property
+    def fn(self):
+        return KERNELS[self.kernel][0]
+
+    @property
+    def constexprs(self) -> dict:
+        c = dict(self.config.meta)
+        if self.precision:
+            c["PRECISION"] = self.precision
+        return c
+
+    @property
+    def name(self) -> str:
+        parts = [self.kernel, self.dtype, self.mode, self.config.name]
+        return "_".join(p for p in parts if p != "any")
+
+
+def variants(arch: int):
+    """Every kernel variant the build ships for one arch."""
+    out = []
+    for kernel, (fn, configs) in KERNELS.items():
+        for cfg in configs:
+            if kernel == "group_stats":
+                out.append(Variant(kernel, "fp32", "any", "", cfg))
+                continue
+            for dtype in DTYPES:
+                for mode, precision in precisions(arch, dtype).items():
+                    out.append(Variant(kernel, dtype, mode, precision, cfg))
+    return out
