@@ -1,4 +1,5 @@
 #include "cuda_driver.h"
+#include "format.h"
 
 #include <c10/util/Exception.h>
 #include <dlfcn.h>
@@ -58,7 +59,7 @@ void check(CUresult result, const char* what) {
   const char* name = nullptr;
   driver().GetErrorString(result, &name);
   TORCH_CHECK(false, "fusedconv: ", what, " failed: ", name ? name : "unknown CUDA error",
-              " (CUresult ", static_cast<int>(result), ")");
+              " (CUresult ", str(static_cast<int64_t>(result)), ")");
 }
 
 void ensure_context(int device) {

@@ -16,6 +16,7 @@
 #include <utility>
 
 #include "cuda_driver.h"
+#include "format.h"
 #include "forward.h"
 #include "kernel_registry.h"
 #include "validate.h"
@@ -90,7 +91,7 @@ void launch(const Kernel& k, int64_t grid, void** params, CUstream stream) {
 
 // The kernels index within one sample in 32 bits (only the batch offset is 64-bit).
 int32_t i32(int64_t v, const char* what) {
-  TORCH_CHECK_VALUE(v >= INT_MIN && v <= INT_MAX, "fusedconv.forward: ", what, " = ", v,
+  TORCH_CHECK_VALUE(v >= INT_MIN && v <= INT_MAX, "fusedconv.forward: ", what, " = ", str(v),
                     " exceeds the CUDA kernels' 32-bit per-sample indexing");
   return static_cast<int32_t>(v);
 }
@@ -154,7 +155,7 @@ at::Tensor forward_cuda(FUSEDCONV_FORWARD_PARAMS) {
   const int64_t num_p_tiles = (hw_out + block_m - 1) / block_m;
   const int64_t num_c_blocks = (c_out + block_c - 1) / block_c;
   const int64_t grid = n * num_p_tiles * num_c_blocks;
-  TORCH_CHECK_VALUE(grid <= INT_MAX, "fusedconv.forward: the input needs ", grid,
+  TORCH_CHECK_VALUE(grid <= INT_MAX, "fusedconv.forward: the input needs ", str(grid),
                     " thread blocks, more than one launch allows; split the batch");
   const int64_t channels_per_group = c_out / num_groups;
   const int64_t group_run = channels_per_group * num_p_tiles;

@@ -1,4 +1,5 @@
 #include "kernel_registry.h"
+#include "format.h"
 
 #include <c10/util/Exception.h>
 
@@ -51,9 +52,9 @@ ImageSet choose_image_set(int device_arch) {
   const int forced = forced_ptx_arch();
   if (forced != 0) {
     TORCH_CHECK(archs_with(ImageFormat::kPtx).count(forced),
-                "fusedconv: FUSEDCONV_FORCE_PTX=", forced, " but this build carries ", describe_build());
-    TORCH_CHECK(forced <= device_arch, "fusedconv: FUSEDCONV_FORCE_PTX=", forced,
-                " cannot run on this sm_", device_arch, " GPU (PTX only runs on its arch or newer)");
+                "fusedconv: FUSEDCONV_FORCE_PTX=", str(static_cast<int64_t>(forced)), " but this build carries ", describe_build());
+    TORCH_CHECK(forced <= device_arch, "fusedconv: FUSEDCONV_FORCE_PTX=", str(static_cast<int64_t>(forced)),
+                " cannot run on this sm_", str(static_cast<int64_t>(device_arch)), " GPU (PTX only runs on its arch or newer)");
     return {forced, ImageFormat::kPtx};
   }
   int best_cubin = 0;
@@ -66,9 +67,9 @@ ImageSet choose_image_set(int device_arch) {
     if (a <= device_arch) best_ptx = std::max(best_ptx, a);
   }
   if (best_ptx) return {best_ptx, ImageFormat::kPtx};
-  TORCH_CHECK(false, "fusedconv: no kernel image runs on this GPU (sm_", device_arch,
+  TORCH_CHECK(false, "fusedconv: no kernel image runs on this GPU (sm_", str(static_cast<int64_t>(device_arch)),
               "); this build carries ", describe_build(),
-              ". Rebuild with FUSEDCONV_ARCHS including ", device_arch, ".");
+              ". Rebuild with FUSEDCONV_ARCHS including ", str(static_cast<int64_t>(device_arch)), ".");
 }
 
 const KernelImage& find_image(const ImageSet& set, const char* kernel, const char* dtype,
@@ -81,7 +82,7 @@ const KernelImage& find_image(const ImageSet& set, const char* kernel, const cha
     }
   }
   TORCH_CHECK(false, "fusedconv: this build has no ", kernel, " kernel for dtype ", dtype, ", mode ",
-              mode, ", config ", config, " on sm_", set.arch,
+              mode, ", config ", config, " on sm_", str(static_cast<int64_t>(set.arch)),
               set.format == ImageFormat::kPtx ? " (PTX)" : " (cubin)");
 }
 

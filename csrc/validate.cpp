@@ -1,5 +1,7 @@
 #include "validate.h"
 
+#include "format.h"
+
 #include <c10/util/Exception.h>
 
 #include <cmath>
@@ -15,7 +17,7 @@ bool is_supported_dtype(at::ScalarType t) {
 // int[2] arguments: the schema broadcasts a single int, C++ callers may pass one or two.
 void read_pair(at::IntArrayRef values, const char* name, int64_t out[2]) {
   TORCH_CHECK_VALUE(values.size() == 1 || values.size() == 2, "fusedconv.forward: ", name,
-                    " must hold 1 or 2 ints, got ", values.size());
+                    " must hold 1 or 2 ints, got ", str(static_cast<int64_t>(values.size())));
   out[0] = values[0];
   out[1] = values.size() == 2 ? values[1] : values[0];
 }
@@ -35,8 +37,8 @@ void check_channel_param(const at::Tensor& t, const char* name, const c10::SymIn
   const bool c11 = allow_c11 && t.dim() == 3 && t.sym_size(0) == c_out && t.sym_size(1) == 1 &&
                    t.sym_size(2) == 1;
   TORCH_CHECK_VALUE(flat || c11, "fusedconv.forward: ", name, " must have shape (C_out,)",
-                    allow_c11 ? " or (C_out, 1, 1)" : "", " with C_out = ", c_out,
-                    " (weight.shape[0]), got ", t.sym_sizes());
+                    allow_c11 ? " or (C_out, 1, 1)" : "", " with C_out = ", str(c_out),
+                    " (weight.shape[0]), got ", str(t.sym_sizes()));
 }
 
 }  // namespace
@@ -48,10 +50,10 @@ std::vector<c10::SymInt> check_forward_args(
     at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
     ConvGeometry* geometry) {
   TORCH_CHECK_VALUE(x.dim() == 4, "fusedconv.forward: x must be 4-D [N, C_in, H, W], got ",
-                    x.dim(), "-D with shape ", x.sym_sizes());
+                    str(x.dim()), "-D with shape ", str(x.sym_sizes()));
   TORCH_CHECK_VALUE(weight.dim() == 4,
-                    "fusedconv.forward: weight must be 4-D [C_out, C_in, KH, KW], got ", weight.dim(),
-                    "-D with shape ", weight.sym_sizes());
+                    "fusedconv.forward: weight must be 4-D [C_out, C_in, KH, KW], got ", str(weight.dim()),
+                    "-D with shape ", str(weight.sym_sizes()));
   TORCH_CHECK_TYPE(is_supported_dtype(x.scalar_type()),
                    "fusedconv.forward: x must be float32, float16 or bfloat16, got ", x.scalar_type());
   check_same(x, weight, "weight");
@@ -64,15 +66,15 @@ std::vector<c10::SymInt> check_forward_args(
   const c10::SymInt& c_out = weight.sym_size(0);
   for (int d = 0; d < 4; ++d) {
     TORCH_CHECK_VALUE(weight.sym_size(d) > 0, "fusedconv.forward: weight must have no zero-sized "
-                      "dimension, got shape ", weight.sym_sizes());
+                      "dimension, got shape ", str(weight.sym_sizes()));
   }
   TORCH_CHECK_VALUE(x.sym_size(1) == weight.sym_size(1), "fusedconv.forward: x has C_in = ",
-                    x.sym_size(1), " channels but weight expects ", weight.sym_size(1),
+                    str(x.sym_size(1)), " channels but weight expects ", str(weight.sym_size(1)),
                     " (weight.shape[1]); conv groups other than 1 are not supported");
-  TORCH_CHECK_VALUE(num_groups > 0, "fusedconv.forward: num_groups must be positive, got ", num_groups);
-  TORCH_CHECK_VALUE(c_out % num_groups == 0, "fusedconv.forward: num_groups = ", num_groups,
-                    " must divide C_out = ", c_out, " (weight.shape[0])");
-  TORCH_CHECK_VALUE(std::isfinite(eps) && eps >= 0, "fusedconv.forward: eps must be finite and >= 0, got ", eps);
+  TORCH_CHECK_VALUE(num_groups > 0, "fusedconv.forward: num_groups must be positive, got ", str(num_groups));
+  TORCH_CHECK_VALUE(c_out % num_groups == 0, "fusedconv.forward: num_groups = ", str(num_groups),
+                    " must divide C_out = ", str(c_out), " (weight.shape[0])");
+  TORCH_CHECK_VALUE(std::isfinite(eps) && eps >= 0, "fusedconv.forward: eps must be finite and >= 0, got ", str(eps));
   check_channel_param(bias, "bias", c_out, /*allow_c11=*/true);
   check_channel_param(scale, "scale", c_out, /*allow_c11=*/true);
   if (conv_bias) check_channel_param(*conv_bias, "conv_bias", c_out, /*allow_c11=*/false);
@@ -86,14 +88,14 @@ std::vector<c10::SymInt> check_forward_args(
   const char* axis[2] = {"height", "width"};
   std::vector<c10::SymInt> out_shape{x.sym_size(0), c_out};
   for (int i = 0; i < 2; ++i) {
-    TORCH_CHECK_VALUE(g.stride[i] > 0, "fusedconv.forward: stride must be positive, got ", stride);
-    TORCH_CHECK_VALUE(g.dilation[i] > 0, "fusedconv.forward: dilation must be positive, got ", dilation);
-    TORCH_CHECK_VALUE(g.padding[i] >= 0, "fusedconv.forward: padding must be >= 0, got ", padding);
+    TORCH_CHECK_VALUE(g.stride[i] > 0, "fusedconv.forward: stride must be positive, got ", str(stride));
+    TORCH_CHECK_VALUE(g.dilation[i] > 0, "fusedconv.forward: dilation must be positive, got ", str(dilation));
+    TORCH_CHECK_VALUE(g.padding[i] >= 0, "fusedconv.forward: padding must be >= 0, got ", str(padding));
     const c10::SymInt padded = x.sym_size(2 + i) + 2 * g.padding[i];
     const c10::SymInt extent = (weight.sym_size(2 + i) - 1) * g.dilation[i] + 1;
-    TORCH_CHECK_VALUE(extent <= padded, "fusedconv.forward: the kernel's ", axis[i], " (", extent,
-                      " with dilation) exceeds the padded input's (", padded, "); weight has shape ",
-                      weight.sym_sizes(), ", x has shape ", x.sym_sizes());
+    TORCH_CHECK_VALUE(extent <= padded, "fusedconv.forward: the kernel's ", axis[i], " (", str(extent),
+                      " with dilation) exceeds the padded input's (", str(padded), "); weight has shape ",
+                      str(weight.sym_sizes()), ", x has shape ", str(x.sym_sizes()));
     out_shape.push_back((padded - extent) / g.stride[i] + 1);
   }
   if (geometry) *geometry = g;

@@ -51,15 +51,21 @@ def _conv_bias_scale_sigmoid_tile(
     BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
-    """sigmoid(((conv(x, w) + conv_bias) + bias) * scale) for BLOCK_M positions x BLOCK_C
-    channels, in fp32. Rows or columns outside p_mask/c_mask hold garbage: callers mask."""
+    """sigmoid(((conv(x, w) + conv_bias) + bias) * scale) for BLOCK_C channels x BLOCK_M
+    positions, in fp32, channels first. Entries outside c_mask/p_mask hold garbage: callers
+    mask.
+
+    Computed transposed, acc[C, M] = W[C, K] @ im2col(x)^T[K, M], so that positions are the
+    last dimension of every tile: Triton orders threads along the last dimension when it
+    cannot prove contiguity (runtime strides, positions decoded with div/mod), and along
+    positions both the x gathers and the y stores are coalesced."""
     oh = offs_p // W_out
     ow = offs_p % W_out
     ih0 = oh * stride_h - pad_h
     iw0 = ow * stride_w - pad_w
     x_sample = x_ptr + n.to(tl.int64) * stride_xn
-    row_off = ih0 * stride_xh + iw0 * stride_xw
-    acc = tl.zeros((BLOCK_M, BLOCK_C), dtype=tl.float32)
+    pos_off = ih0 * stride_xh + iw0 * stride_xw
+    acc = tl.zeros((BLOCK_C, BLOCK_M), dtype=tl.float32)
     # Implicit GEMM: K runs over (ci, kh, kw); decoding k costs BLOCK_K divisions per step,
     # not BLOCK_M * BLOCK_K.
     for k0 in range(0, K_total, BLOCK_K):
@@ -69,22 +75,22 @@ def _conv_bias_scale_sigmoid_tile(
         khw = offs_k % (KH * KW)
         dh = (khw // KW) * dil_h
         dw = (khw % KW) * dil_w
-        ih = ih0[:, None] + dh[None, :]
-        iw = iw0[:, None] + dw[None, :]
+        ih = dh[:, None] + ih0[None, :]
+        iw = dw[:, None] + iw0[None, :]
         in_bounds = (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-        x_mask = p_mask[:, None] & k_mask[None, :] & in_bounds
-        col_off = ci * stride_xc + dh * stride_xh + dw * stride_xw
-        x_tile = tl.load(x_sample + row_off[:, None] + col_off[None, :], mask=x_mask, other=0.0)
-        w_tile = tl.load(w_ptr + offs_c[None, :] * K_total + offs_k[:, None],
-                         mask=k_mask[:, None] & c_mask[None, :], other=0.0)
-        acc = tl.dot(x_tile, w_tile, acc, input_precision=PRECISION)
+        x_mask = k_mask[:, None] & p_mask[None, :] & in_bounds
+        tap_off = ci * stride_xc + dh * stride_xh + dw * stride_xw
+        x_tile = tl.load(x_sample + tap_off[:, None] + pos_off[None, :], mask=x_mask, other=0.0)
+        w_tile = tl.load(w_ptr + offs_c[:, None] * K_total + offs_k[None, :],
+                         mask=c_mask[:, None] & k_mask[None, :], other=0.0)
+        acc = tl.dot(w_tile, x_tile, acc, input_precision=PRECISION)
 
     # A missing conv bias is a masked-off load (reads nothing, yields 0): no extra variant.
     conv_bias = tl.load(conv_bias_ptr + offs_c, mask=c_mask & (has_conv_bias != 0), other=0.0)
     bias = tl.load(bias_ptr + offs_c, mask=c_mask, other=0.0)
     scale = tl.load(scale_ptr + offs_c, mask=c_mask, other=0.0)
     # The reference's order of rounding: ((conv + conv_bias) + bias) * scale.
-    z = (acc + conv_bias.to(tl.float32)[None, :] + bias.to(tl.float32)[None, :]) * scale.to(tl.float32)[None, :]
+    z = (acc + conv_bias.to(tl.float32)[:, None] + bias.to(tl.float32)[:, None]) * scale.to(tl.float32)[:, None]
     return _sigmoid(z)
 
 
@@ -119,9 +125,9 @@ def conv_stats_kernel(
     # Two passes over registers: the tile's own mean first, then squared deviations from it,
     # so M2 never suffers the cancellation of sum(v^2) - sum(v)^2 / n.
     count = tl.minimum(HW_out - p_tile * BLOCK_M, BLOCK_M).to(tl.float32)
-    tile_mean = tl.sum(tl.where(p_mask[:, None], v, 0.0), axis=0) / count
-    dev = tl.where(p_mask[:, None], v - tile_mean[None, :], 0.0)
-    tile_m2 = tl.sum(dev * dev, axis=0)
+    tile_mean = tl.sum(tl.where(p_mask[None, :], v, 0.0), axis=1) / count
+    dev = tl.where(p_mask[None, :], v - tile_mean[:, None], 0.0)
+    tile_m2 = tl.sum(dev * dev, axis=1)
     out = (n.to(tl.int64) * C_out + offs_c) * num_p_tiles + p_tile
     tl.store(part_mean_ptr + out, tile_mean, mask=c_mask)
     tl.store(part_m2_ptr + out, tile_m2, mask=c_mask)
@@ -201,6 +207,6 @@ def conv_norm_kernel(
     rstd = tl.load(stats_ptr + stat + 1, mask=c_mask, other=0.0)
     gamma = tl.load(gn_weight_ptr + offs_c, mask=c_mask & (has_gn_weight != 0), other=1.0).to(tl.float32)
     beta = tl.load(gn_bias_ptr + offs_c, mask=c_mask & (has_gn_bias != 0), other=0.0).to(tl.float32)
-    y = (v - mean[None, :]) * (rstd * gamma)[None, :] + beta[None, :]
-    out = (n.to(tl.int64) * C_out + offs_c[None, :]) * HW_out + offs_p[:, None]
-    tl.store(y_ptr + out, y.to(y_ptr.dtype.element_ty), mask=p_mask[:, None] & c_mask[None, :])
+    y = (v - mean[:, None]) * (rstd * gamma)[:, None] + beta[:, None]
+    out = (n.to(tl.int64) * C_out + offs_c[:, None]) * HW_out + offs_p[None, :]
+    tl.store(y_ptr + out, y.to(y_ptr.dtype.element_ty), mask=c_mask[:, None] & p_mask[None, :])

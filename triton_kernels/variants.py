@@ -17,14 +17,16 @@ class Config:
     num_stages: int
 
 
-# Conv kernels. Registers per thread for the fp32 accumulator alone are
-# BLOCK_M * BLOCK_C / (32 * num_warps) = 32 in each, leaving room for operands under 128.
-# m64_c16 is the small fallback: small C_out, small images, and the first thing to halve to
-# if a config ever spills.
+# Conv kernels. Registers follow the elements each thread holds: the accumulator
+# (BLOCK_C * BLOCK_M / threads) and the gathered x tile (BLOCK_K * BLOCK_M / threads), whose
+# every element carries a 64-bit pointer. With 4 warps a 128 x 32 tile needed 228-244
+# registers (fp32, cuobjdump); with 8 warps 126-157, so the warps scale with the tile to keep
+# near 128 and two or more programs per SM. m64_c16 is the small fallback: small C_out, small
+# images, and the first thing to halve to if a config ever spills.
 CONV_CONFIGS = (
-    Config("m256_c32", dict(BLOCK_M=256, BLOCK_C=32, BLOCK_K=16), num_warps=8, num_stages=2),
-    Config("m128_c32", dict(BLOCK_M=128, BLOCK_C=32, BLOCK_K=16), num_warps=4, num_stages=2),
-    Config("m64_c16", dict(BLOCK_M=64, BLOCK_C=16, BLOCK_K=16), num_warps=2, num_stages=2),
+    Config("m256_c32", dict(BLOCK_M=256, BLOCK_C=32, BLOCK_K=16), num_warps=16, num_stages=2),
+    Config("m128_c32", dict(BLOCK_M=128, BLOCK_C=32, BLOCK_K=16), num_warps=8, num_stages=2),
+    Config("m64_c16", dict(BLOCK_M=64, BLOCK_C=16, BLOCK_K=16), num_warps=4, num_stages=2),
 )
 
 # Statistics merge: one program per (sample, group) streams that group's partials.
