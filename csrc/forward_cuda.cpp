@@ -140,6 +140,9 @@ at::Tensor forward_cuda(FUSEDCONV_FORWARD_PARAMS) {
   i32(max_x_offset, "the largest offset within one sample of x");
   i32(c_out * hw_out, "C_out * H_out * W_out");
   i32(c_out * k_total, "weight.numel()");
+  // The kernels decode k -> (ci, kh, kw) with an fp32 reciprocal, exact below 2^20.
+  TORCH_CHECK_VALUE(k_total < (1 << 20), "fusedconv.forward: C_in * KH * KW = ", str(k_total),
+                    " exceeds the CUDA kernels' limit of 2^20");
 
   c10::DeviceGuard device_guard(x.device());
   const int device = x.device().index();

@@ -33,8 +33,16 @@ def test_every_variant_is_built(arch, fmt):
 
 def test_no_variant_spills():
     spilling = [(i["arch"], i["kernel"], i["dtype"], i["mode"], i["config"], i["spill_bytes"])
-                for i in REPORT["images"] if i["spill_bytes"] or i["stack_bytes"]]
+                for i in REPORT["images"] if i["spill_bytes"]]
     assert spilling == []
+
+
+def test_stack_frames_are_call_frames_only():
+    """ptxas may outline the IEEE division's slow path as a call with a small frame (8 bytes
+    seen); an array demoted to local memory would need far more."""
+    big = [(i["arch"], i["kernel"], i["config"], i["stack_bytes"]) for i in REPORT["images"]
+           if i["stack_bytes"] > 32]
+    assert big == []
 
 
 def test_sm89_shared_memory_fits_a_4090_block():

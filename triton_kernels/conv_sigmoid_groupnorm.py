@@ -33,6 +33,14 @@ def _sigmoid(z):
 
 
 @triton.jit
+def _tf32_split(v):
+    """v = hi + lo with hi holding TF32's 10 mantissa bits (truncated, so no rounding logic)
+    and lo the exact fp32 remainder; the tensor cores read lo's top bits in turn."""
+    hi = (v.to(tl.int32, bitcast=True) & -8192).to(tl.float32, bitcast=True)  # -8192 = 0xFFFFE000
+    return hi, v - hi
+
+
+@triton.jit
 def _tile_coords(num_p_tiles, num_c_blocks):
     pid = tl.program_id(0)
     c_block = pid % num_c_blocks
@@ -65,25 +73,45 @@ def _conv_bias_scale_sigmoid_tile(
     iw0 = ow * stride_w - pad_w
     x_sample = x_ptr + n.to(tl.int64) * stride_xn
     pos_off = ih0 * stride_xh + iw0 * stride_xw
+    # The whole load mask is one unsigned compare per axis, 0 <= ih < H and 0 <= iw < W:
+    # positions past the tile's end and k past K_total get a row far outside x instead of
+    # masks of their own (per-element mask arithmetic dominated the loop's SASS).
+    FAR: tl.constexpr = -(1 << 29)
+    ih0 = tl.where(p_mask, ih0, FAR)
+    # k -> (ci, kh, kw) by multiplying with a reciprocal instead of integer division (a
+    # ~20-instruction sequence on the GPU). The distance of (k + 0.5) / d to an integer is at
+    # least 0.5 / d, and a reciprocal within 2 ulp (plain "/", no slow-path call like div_rn's)
+    # keeps the product's error below that while k < 2^21; the launcher keeps K_total < 2^20.
+    inv_khw = 1.0 / (KH * KW).to(tl.float32)
+    inv_kw = 1.0 / KW.to(tl.float32)
     acc = tl.zeros((BLOCK_C, BLOCK_M), dtype=tl.float32)
-    # Implicit GEMM: K runs over (ci, kh, kw); decoding k costs BLOCK_K divisions per step,
-    # not BLOCK_M * BLOCK_K.
+    # Implicit GEMM: K runs over (ci, kh, kw).
     for k0 in range(0, K_total, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
-        k_mask = offs_k < K_total
-        ci = offs_k // (KH * KW)
-        khw = offs_k % (KH * KW)
-        dh = (khw // KW) * dil_h
-        dw = (khw % KW) * dil_w
-        ih = dh[:, None] + ih0[None, :]
+        ci = ((offs_k.to(tl.float32) + 0.5) * inv_khw).to(tl.int32)
+        khw = offs_k - ci * (KH * KW)
+        kh = ((khw.to(tl.float32) + 0.5) * inv_kw).to(tl.int32)
+        dh = kh * dil_h
+        dw = (khw - kh * KW) * dil_w
+        ih = tl.where(offs_k < K_total, dh, FAR)[:, None] + ih0[None, :]
         iw = dw[:, None] + iw0[None, :]
-        in_bounds = (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-        x_mask = k_mask[:, None] & p_mask[None, :] & in_bounds
+        x_mask = (ih.to(tl.uint32, bitcast=True) < H.to(tl.uint32)) & \
+                 (iw.to(tl.uint32, bitcast=True) < W.to(tl.uint32))
         tap_off = ci * stride_xc + dh * stride_xh + dw * stride_xw
         x_tile = tl.load(x_sample + tap_off[:, None] + pos_off[None, :], mask=x_mask, other=0.0)
         w_tile = tl.load(w_ptr + offs_c[:, None] * K_total + offs_k[None, :],
-                         mask=c_mask[:, None] & k_mask[None, :], other=0.0)
-        acc = tl.dot(w_tile, x_tile, acc, input_precision=PRECISION)
+                         mask=c_mask[:, None] & (offs_k < K_total)[None, :], other=0.0)
+        if PRECISION == "tf32x3_split":
+            # fp32-accurate on TF32 tensor cores: w*x ~ w_hi*x_lo + w_lo*x_hi + w_hi*x_hi
+            # (w_lo*x_lo, ~2^-20 relative, dropped), small terms first. Cheaper than Triton's
+            # "tf32x3", whose round-to-nearest split cost ~150 instructions per K step.
+            w_hi, w_lo = _tf32_split(w_tile)
+            x_hi, x_lo = _tf32_split(x_tile)
+            acc = tl.dot(w_hi, x_lo, acc, input_precision="tf32")
+            acc = tl.dot(w_lo, x_hi, acc, input_precision="tf32")
+            acc = tl.dot(w_hi, x_hi, acc, input_precision="tf32")
+        else:
+            acc = tl.dot(w_tile, x_tile, acc, input_precision=PRECISION)
 
     # A missing conv bias is a masked-off load (reads nothing, yields 0): no extra variant.
     conv_bias = tl.load(conv_bias_ptr + offs_c, mask=c_mask & (has_conv_bias != 0), other=0.0)

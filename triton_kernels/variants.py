@@ -38,14 +38,15 @@ GROUP_STATS_CONFIGS = (
 DTYPES = ("fp32", "fp16", "bf16")
 
 # tl.dot input precision per (arch, dtype, mode). "accurate" must pass allclose(1e-4) in fp32:
-# on sm_90 the tensor cores in 3xTF32 beat the FP32 units; on sm_89 TF32 runs no faster than
-# FFMA, so exact FP32 ("ieee", lowered to FMA) is the accurate path. "tf32" is the opt-in
-# fast mode. Half-precision operands always use the tensor cores; their products are exact
-# in the fp32 accumulator, so they have one mode.
+# on sm_90 the tensor cores in 3xTF32 beat the FP32 units, with the kernel's own truncating
+# split ("tf32x3_split": 208 SASS instructions per K step against 327 for Triton's "tf32x3");
+# on sm_89 TF32 runs no faster than FFMA, so exact FP32 ("ieee", lowered to FMA) is the
+# accurate path. "tf32" is the opt-in fast mode. Half-precision operands always use the
+# tensor cores; their products are exact in the fp32 accumulator, so they have one mode.
 def precisions(arch: int, dtype: str) -> dict:
     if dtype != "fp32":
         return {"native": "tf32"}
-    return {"accurate": "tf32x3" if arch >= 90 else "ieee", "tf32": "tf32"}
+    return {"accurate": "tf32x3_split" if arch >= 90 else "ieee", "tf32": "tf32"}
 
 
 KERNELS = {

@@ -1,0 +1,39 @@
+"""Times every conv block config the build carries at one shape (device events, median),
+for choosing the heuristic's defaults. Usage: python build_scripts/sweep_configs.py"""
+import statistics
+
+import torch
+
+import fusedconv
+
+
+def median_ms(fn, reps=10):
+    fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b))
+    return statistics.median(times)
+
+
+shapes = [("bench", 128, 8, 32, 256, 3, 8, 0), ("unet64", 8, 64, 64, 128, 3, 32, 1),
+          ("small", 1, 8, 32, 32, 3, 8, 0)]
+for name, n, cin, cout, size, k, g, pad in shapes:
+    for dt, prec in (("fp32", "highest"), ("fp32", "high"), ("fp16", "highest")):
+        torch.set_float32_matmul_precision(prec)
+        dtype = torch.float32 if dt == "fp32" else torch.float16
+        m = fusedconv.FusedConvSigmoidGroupNorm(cin, cout, k, g, padding=pad).cuda().to(dtype)
+        x = torch.rand(n, cin, size, size, device="cuda").to(dtype)
+        row = []
+        with torch.no_grad():
+            for cfg in fusedconv.conv_configs():
+                with fusedconv.forced_config(cfg):
+                    row.append(f"{cfg} {median_ms(lambda: m(x)):.3f}")
+            row.append(f"heuristic {median_ms(lambda: m(x)):.3f}")
+        print(f"{name:7s} {dt} {prec:8s} " + "  ".join(row), flush=True)
+torch.set_float32_matmul_precision("highest")
