@@ -43,15 +43,16 @@ const char* precision_mode(at::ScalarType t) {
              ? "accurate" : "tf32";
 }
 
-// Block config heuristic. Small channel counts or images waste most of a 32-channel x
-// 128-position tile; large images amortise the per-program setup over 256 positions.
+// Block config heuristic, from build_scripts/sweep_configs.py on the H200 (docs/performance.md):
+// m128_c32 beat m256_c32 by 21-27% on the benchmark and UNet shapes (two 8-warp programs per
+// SM hide the gathers' latency better than one 16-warp program); m64_c16 won on a 32x32
+// image, and small channel counts waste most of a 32-channel tile.
 std::string conv_config(int64_t c_out, int64_t hw_out) {
   {
     std::lock_guard<std::mutex> lock(g_config_mutex);
     if (!g_forced_config.empty()) return g_forced_config;
   }
   if (c_out <= 16 || hw_out <= 1024) return "m64_c16";
-  if (hw_out >= 16384) return "m256_c32";
   return "m128_c32";
 }
 
