@@ -1,5 +1,5 @@
-"""Times every conv block config the build carries at one shape (device events, median),
-for choosing the heuristic's defaults. Usage: python build_scripts/sweep_configs.py"""
+"""Times every algorithm x conv block config the build carries on a few shapes (device
+events, median), for choosing the heuristic's defaults. Usage: python build_scripts/sweep_configs.py"""
 import statistics
 
 import torch
@@ -31,9 +31,10 @@ for name, n, cin, cout, size, k, g, pad in shapes:
         x = torch.rand(n, cin, size, size, device="cuda").to(dtype)
         row = []
         with torch.no_grad():
-            for cfg in fusedconv.conv_configs():
-                with fusedconv.forced_config(cfg):
-                    row.append(f"{cfg} {median_ms(lambda: m(x)):.3f}")
-            row.append(f"heuristic {median_ms(lambda: m(x)):.3f}")
+            for algo in fusedconv.ALGORITHMS:
+                for cfg in fusedconv.conv_configs():
+                    with fusedconv.forced_config(cfg), fusedconv.forced_algorithm(algo):
+                        row.append(f"{algo[:4]}/{cfg} {median_ms(lambda: m(x)):.3f}")
+            row.append(f"default {median_ms(lambda: m(x)):.3f}")
         print(f"{name:7s} {dt} {prec:8s} " + "  ".join(row), flush=True)
 torch.set_float32_matmul_precision("highest")

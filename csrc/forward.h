@@ -23,6 +23,10 @@ at::Tensor forward_meta(FUSEDCONV_FORWARD_PARAMS);
 void set_forced_config(const std::string& config);
 std::string forced_config();
 
+// Test and tuning hook: "materialize" or "recompute" ("" restores the default).
+void set_forced_algorithm(const std::string& algorithm);
+std::string forced_algorithm();
+
 // Which images a CUDA device runs, e.g. "sm_90 cubin" or "sm_89 PTX".
 std::string device_images(int64_t device);
 

@@ -26,6 +26,7 @@ namespace {
 
 std::mutex g_config_mutex;
 std::string g_forced_config;
+std::string g_forced_algorithm;
 
 const char* dtype_name(at::ScalarType t) {
   switch (t) {
@@ -54,6 +55,15 @@ std::string conv_config(int64_t c_out, int64_t hw_out) {
   }
   if (c_out <= 16 || hw_out <= 1024) return "m64_c16";
   return "m128_c32";
+}
+
+// "materialize" (conv once, stores fp32 values, normalizes them in a memory-bound pass) or
+// "recompute" (conv twice, y written once). With the conv kernels spending ~2.5 ms a pass at
+// the benchmark shape against ~0.55 ms for the extra bytes (H200), materializing wins;
+// recompute wins once a conv pass costs less than moving y twice more (docs/performance.md).
+bool materialize() {
+  std::lock_guard<std::mutex> lock(g_config_mutex);
+  return g_forced_algorithm != "recompute";
 }
 
 struct Kernel {
@@ -120,6 +130,19 @@ std::string forced_config() {
   return g_forced_config;
 }
 
+void set_forced_algorithm(const std::string& algorithm) {
+  TORCH_CHECK_VALUE(algorithm.empty() || algorithm == "materialize" || algorithm == "recompute",
+                    "fusedconv: algorithm must be 'materialize', 'recompute' or '' (the default), got '",
+                    algorithm, "'");
+  std::lock_guard<std::mutex> lock(g_config_mutex);
+  g_forced_algorithm = algorithm;
+}
+
+std::string forced_algorithm() {
+  std::lock_guard<std::mutex> lock(g_config_mutex);
+  return g_forced_algorithm;
+}
+
 std::string device_images(int64_t device) {
   const ImageSet set = choose_image_set(cu::device_arch(static_cast<int>(device)));
   return "sm_" + std::to_string(set.arch) + (set.format == ImageFormat::kPtx ? " PTX" : " cubin");
@@ -152,8 +175,9 @@ at::Tensor forward_cuda(FUSEDCONV_FORWARD_PARAMS) {
   const char* dtype = dtype_name(x.scalar_type());
   const char* mode = precision_mode(x.scalar_type());
   const std::string config = conv_config(c_out, hw_out);
-  const Kernel stats_k = load(device, find_image(set, "conv_stats", dtype, mode, config.c_str()));
-  const Kernel norm_k = load(device, find_image(set, "conv_norm", dtype, mode, config.c_str()));
+  const bool store_v = materialize();
+  const Kernel stats_k = load(device, find_image(set, store_v ? "conv_stats_store" : "conv_stats",
+                                                 dtype, mode, config.c_str()));
 
   const int64_t block_m = stats_k.image->block_m, block_c = stats_k.image->block_c;
   const int64_t num_p_tiles = (hw_out + block_m - 1) / block_m;
@@ -166,12 +190,16 @@ at::Tensor forward_cuda(FUSEDCONV_FORWARD_PARAMS) {
   const Kernel group_k = load(device, find_image(set, "group_stats", "fp32", "any",
                                                  group_run >= 512 ? "b256" : "b64"));
 
-  // One workspace: per-tile partial mean and M2, then per-group (mean, rstd).
+  // One workspace: per-tile partial mean and M2, per-group (mean, rstd), and when
+  // materializing a non-fp32 output, the fp32 values (an fp32 output holds its own).
   const int64_t n_part = n * c_out * num_p_tiles;
-  at::Tensor workspace = at::empty({2 * n_part + 2 * n * num_groups}, x.options().dtype(at::kFloat));
+  const int64_t n_values = store_v && x.scalar_type() != at::kFloat ? n * c_out * hw_out : 0;
+  at::Tensor workspace = at::empty({2 * n_part + 2 * n * num_groups + n_values},
+                                   x.options().dtype(at::kFloat));
   CUdeviceptr part_mean = ptr(workspace);
   CUdeviceptr part_m2 = part_mean + n_part * sizeof(float);
   CUdeviceptr stats = part_m2 + n_part * sizeof(float);
+  CUdeviceptr values = !store_v ? 0 : n_values ? stats + 2 * n * num_groups * sizeof(float) : ptr(y);
 
   const at::Tensor w_c = flat_contiguous(weight), bias_c = flat_contiguous(bias), scale_c = flat_contiguous(scale);
   const at::Tensor cb_c = conv_bias ? flat_contiguous(*conv_bias) : bias_c;
@@ -197,23 +225,36 @@ at::Tensor forward_cuda(FUSEDCONV_FORWARD_PARAMS) {
   float a_eps = static_cast<float>(eps);
 
   // Argument order is the kernels' parameter order in triton_kernels/conv_sigmoid_groupnorm.py.
-  void* stats_args[] = {&x_p, &w_p, &cb_p, &b_p, &s_p, &part_mean, &part_m2,
+  void* stats_args[] = {&x_p, &w_p, &cb_p, &b_p, &s_p, &part_mean, &part_m2, &values,
                         &a_c_out, &a_h, &a_w, &a_w_out, &a_hw_out, &a_kh, &a_kw, &a_k_total,
                         &a_sxn, &a_sxc, &a_sxh, &a_sxw, &a_sh, &a_sw, &a_ph, &a_pw, &a_dh, &a_dw,
                         &a_tiles, &a_cblocks, &a_has_cb, &no_scratch, &no_scratch};
   void* group_args[] = {&part_mean, &part_m2, &stats, &a_cpg, &a_hw_out, &a_tiles, &a_block_m,
                         &a_eps, &no_scratch, &no_scratch};
-  void* norm_args[] = {&x_p, &w_p, &cb_p, &b_p, &s_p, &gw_p, &gb_p, &stats, &y_p,
-                       &a_c_out, &a_h, &a_w, &a_w_out, &a_hw_out, &a_kh, &a_kw, &a_k_total,
-                       &a_sxn, &a_sxc, &a_sxh, &a_sxw, &a_sh, &a_sw, &a_ph, &a_pw, &a_dh, &a_dw,
-                       &a_tiles, &a_cblocks, &a_has_cb, &a_groups, &a_cpg, &a_has_gw, &a_has_gb,
-                       &no_scratch, &no_scratch};
-
   const c10::Stream stream = c10::impl::getDeviceGuardImpl(c10::DeviceType::CUDA)->getStream(x.device());
   CUstream s = static_cast<CUstream>(stream.native_handle());
   launch(stats_k, grid, stats_args, s);
   launch(group_k, n * num_groups, group_args, s);
-  launch(norm_k, grid, norm_args, s);
+  if (store_v) {
+    const Kernel apply_k = load(device, find_image(set, "group_norm_apply", dtype, "any",
+                                                   hw_out >= 512 ? "b512" : "b256"));
+    const int64_t blocks_per_row = (hw_out + apply_k.image->block_m - 1) / apply_k.image->block_m;
+    const int64_t apply_grid = n * c_out * blocks_per_row;
+    TORCH_CHECK_VALUE(apply_grid <= INT_MAX, "fusedconv.forward: the output needs ", str(apply_grid),
+                      " thread blocks to normalize, more than one launch allows; split the batch");
+    int32_t a_blocks = static_cast<int32_t>(blocks_per_row);
+    void* apply_args[] = {&values, &stats, &gw_p, &gb_p, &y_p, &a_c_out, &a_hw_out, &a_groups,
+                          &a_cpg, &a_blocks, &a_has_gw, &a_has_gb, &no_scratch, &no_scratch};
+    launch(apply_k, apply_grid, apply_args, s);
+  } else {
+    const Kernel norm_k = load(device, find_image(set, "conv_norm", dtype, mode, config.c_str()));
+    void* norm_args[] = {&x_p, &w_p, &cb_p, &b_p, &s_p, &gw_p, &gb_p, &stats, &y_p,
+                         &a_c_out, &a_h, &a_w, &a_w_out, &a_hw_out, &a_kh, &a_kw, &a_k_total,
+                         &a_sxn, &a_sxc, &a_sxh, &a_sxw, &a_sh, &a_sw, &a_ph, &a_pw, &a_dh, &a_dw,
+                         &a_tiles, &a_cblocks, &a_has_cb, &a_groups, &a_cpg, &a_has_gw, &a_has_gb,
+                         &no_scratch, &no_scratch};
+    launch(norm_k, grid, norm_args, s);
+  }
   return y;
 }
 

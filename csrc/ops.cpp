@@ -10,9 +10,6 @@ namespace {
 
 std::string build_report() { return kBuildReportJson; }
 
-void set_config(const std::string& config) { set_forced_config(config); }
-
-std::string get_config() { return forced_config(); }
 
 }  // namespace
 
@@ -23,8 +20,10 @@ TORCH_LIBRARY(fusedconv, m) {
       "int[2] stride=1, int[2] padding=0, int[2] dilation=1) -> Tensor");
   // JSON: versions, archs, and every image's config, registers, spills and shared memory.
   m.def("build_report() -> str", &build_report);
-  m.def("_set_config(str config) -> ()", &set_config);
-  m.def("_get_config() -> str", &get_config);
+  m.def("_set_config(str config) -> ()", &set_forced_config);
+  m.def("_get_config() -> str", &forced_config);
+  m.def("_set_algorithm(str algorithm) -> ()", &set_forced_algorithm);
+  m.def("_get_algorithm() -> str", &forced_algorithm);
   m.def("_device_images(int device) -> str", &device_images);
 }
 

@@ -55,9 +55,9 @@ def test_registers_within_the_hardware_limit():
 
 
 def test_each_kernel_has_a_smaller_fallback_config():
-    for name, (_, configs) in V.KERNELS.items():
-        assert 2 <= len(configs) <= 3, name
-        sizes = [c.meta.get("BLOCK_M", c.meta.get("BLOCK")) * c.meta.get("BLOCK_C", 1) for c in configs]
+    for name, spec in V.KERNELS.items():
+        assert 2 <= len(spec.configs) <= 3, name
+        sizes = [c.meta.get("BLOCK_M", c.meta.get("BLOCK")) * c.meta.get("BLOCK_C", 1) for c in spec.configs]
         assert min(sizes) < max(sizes), name
 
 
@@ -75,4 +75,7 @@ def test_info_command_prints_every_image(capsys):
     main(["info"])
     out = capsys.readouterr().out
     assert "sm_89" in out and "sm_90" in out and "spill_bytes" in out
-    assert out.count("conv_stats") == len(images(kernel="conv_stats"))
+    rows = [line.split() for line in out.splitlines()]
+    kernel_column = [r[2] for r in rows if len(r) > 3 and r[1] in ("cubin", "ptx")]
+    for name in V.KERNELS:
+        assert kernel_column.count(name) == len(images(kernel=name)), name

@@ -32,8 +32,9 @@ def test_images_in_use():
         assert images == f"sm_{major}{minor} cubin"
 
 
+@pytest.mark.parametrize("algorithm", ["", "recompute"], ids=["default", "recompute"])
 @pytest.mark.parametrize("dtype", list(DTYPES), ids=list(DTYPES))
-def test_benchmark_shape(dtype):
+def test_benchmark_shape(dtype, algorithm):
     """The benchmark problem at its full size, checked the benchmark's way: allclose against
     the reference module in fp32 on the same inputs (1e-4 for fp32, 1e-2 for fp16/bf16)."""
     torch.manual_seed(0)
@@ -50,7 +51,8 @@ def test_benchmark_shape(dtype):
         with torch.no_grad():
             exp = ref_in(x.float())
             poison_cuda_allocator(exp.numel() * 4)
-            out = ours(x)
+            with fusedconv.forced_algorithm(algorithm):
+                out = ours(x)
     finally:
         torch.backends.cudnn.allow_tf32 = cudnn_tf32
     tol = 1e-4 if dt == torch.float32 else 1e-2
@@ -68,16 +70,22 @@ CONFIG_CASES = [
 @pytest.mark.parametrize("dtype", list(DTYPES), ids=list(DTYPES))
 @pytest.mark.parametrize("case", CONFIG_CASES, ids=str)
 def test_every_config(case, dtype):
-    """Each block config the build carries, forced, on ragged shapes."""
+    """Each block config the build carries, forced, with each algorithm, on ragged shapes."""
     dt = DTYPES[dtype]
     ref = reference_model(case)
     model = fused_model(case, ref).cuda().to(dt)
     x = random_input(case).cuda().to(dt)
     exp = expected(case, x.cpu(), ref, dt)
-    for config in fusedconv.conv_configs():
-        poison_cuda_allocator(exp.numel() * 8)
-        with fusedconv.forced_config(config), torch.no_grad():
-            assert_matches(model(x), exp, dt)
+    for algorithm in fusedconv.ALGORITHMS:
+        for config in fusedconv.conv_configs():
+            poison_cuda_allocator(exp.numel() * 8)
+            with fusedconv.forced_config(config), fusedconv.forced_algorithm(algorithm), torch.no_grad():
+                assert_matches(model(x), exp, dt)
+
+
+def test_algorithm_override_is_checked():
+    with pytest.raises(ValueError, match="algorithm must be"):
+        torch.ops.fusedconv._set_algorithm("fastest")
 
 
 def test_tf32_is_opt_in(fp32_matmul_precision):

@@ -71,7 +71,8 @@ def conv_variants():
     return list(seen.values())
 
 
-def run_pipeline(case, dtype_name, precision, conv_cfg, stats_cfg):
+def run_pipeline(case, dtype_name, precision, conv_cfg, stats_cfg, algorithm, apply_cfg=V.APPLY_CONFIGS[0]):
+    """The three launches the C++ runtime makes for `algorithm`, on poisoned buffers."""
     dtype = TORCH_DTYPES[dtype_name]
     ref = reference_model(case)
     model = fused_model(case, ref).to(dtype)
@@ -88,34 +89,54 @@ def run_pipeline(case, dtype_name, precision, conv_cfg, stats_cfg):
     part_mean = torch.full((case.n, c_out, tiles), nan)
     part_m2 = torch.full((case.n, c_out, tiles), nan)
     stats = torch.full((case.n, g, 2), nan)
+    values = torch.full((case.n, c_out, h_out, w_out), nan)
     y = torch.full((case.n, c_out, h_out, w_out), nan, dtype=dtype)
     geometry = (c_out, case.h, case.w, w_out, hw, *case.kernel, w.shape[1], *x.stride(),
                 *case.stride, *case.padding, *case.dilation, tiles, cblocks, 1)
     meta = dict(conv_cfg.meta, PRECISION=precision)
     p = lambda t: t.detach().reshape(-1)  # noqa: E731
+    store = algorithm == "materialize"
     K.conv_stats_kernel[(case.n * tiles * cblocks,)](
-        x, w, p(conv.bias), p(model.bias), p(model.scale), part_mean, part_m2, *geometry, **meta)
+        x, w, p(conv.bias), p(model.bias), p(model.scale), part_mean, part_m2, values, *geometry,
+        STORE_V=store, **meta)
     assert torch.isfinite(part_mean).all() and (part_m2 >= 0).all()
+    assert torch.isfinite(values).all() == store, "values written exactly when STORE_V"
     K.group_stats_kernel[(case.n * g,)](part_mean, part_m2, stats, c_out // g, hw, tiles, bm,
                                         gn.eps, **stats_cfg.meta)
     assert torch.isfinite(stats).all() and (stats[..., 1] > 0).all()
-    K.conv_norm_kernel[(case.n * tiles * cblocks,)](
-        x, w, p(conv.bias), p(model.bias), p(model.scale), p(gn.weight), p(gn.bias), stats, y,
-        *geometry, g, c_out // g, 1, 1, **meta)
+    if store:
+        blocks = -(-hw // apply_cfg.meta["BLOCK"])
+        K.group_norm_apply_kernel[(case.n * c_out * blocks,)](
+            values, stats, p(gn.weight), p(gn.bias), y, c_out, hw, g, c_out // g, blocks, 1, 1,
+            **apply_cfg.meta)
+    else:
+        K.conv_norm_kernel[(case.n * tiles * cblocks,)](
+            x, w, p(conv.bias), p(model.bias), p(model.scale), p(gn.weight), p(gn.bias), stats, y,
+            *geometry, g, c_out // g, 1, 1, **meta)
     return assert_matches(y, expected(case, x, ref, dtype), dtype)
 
 
+@pytest.mark.parametrize("algorithm", ["materialize", "recompute"])
 @pytest.mark.parametrize("case", CASES, ids=str)
 @pytest.mark.parametrize("variant", conv_variants(), ids=lambda v: f"{v.dtype}-{v.precision}-{v.config.name}")
-def test_conv_variants(case, variant):
-    run_pipeline(case, variant.dtype, variant.precision, variant.config, V.GROUP_STATS_CONFIGS[0])
+def test_conv_variants(case, variant, algorithm):
+    run_pipeline(case, variant.dtype, variant.precision, variant.config, V.GROUP_STATS_CONFIGS[0], algorithm)
 
 
 @pytest.mark.parametrize("stats_cfg", V.GROUP_STATS_CONFIGS, ids=lambda c: c.name)
 def test_group_stats_configs(stats_cfg):
     # Many tiles per group, so the merge loops more than once with BLOCK=64.
     case = Case(n=1, c_in=2, c_out=8, h=40, w=40, groups=2)
-    run_pipeline(case, "fp32", "ieee", V.CONV_CONFIGS[-1], stats_cfg)
+    run_pipeline(case, "fp32", "ieee", V.CONV_CONFIGS[-1], stats_cfg, "recompute")
+
+
+@pytest.mark.parametrize("dtype", list(TORCH_DTYPES))
+@pytest.mark.parametrize("apply_cfg", V.APPLY_CONFIGS, ids=lambda c: c.name)
+def test_group_norm_apply_configs(apply_cfg, dtype):
+    # Rows longer than one block, with a ragged last block.
+    case = Case(n=2, c_in=2, c_out=6, h=33, w=29, groups=3)
+    run_pipeline(case, dtype, "ieee" if dtype == "fp32" else "tf32", V.CONV_CONFIGS[-1],
+                 V.GROUP_STATS_CONFIGS[0], "materialize", apply_cfg)
 
 
 def test_group_stats_tiny_variance_next_to_a_large_mean():

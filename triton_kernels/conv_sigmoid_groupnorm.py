@@ -4,13 +4,16 @@ The single source of truth for fusedconv's GPU code: the AOT build compiles thes
 into cubins/PTX, the interpreter tests launch them on CPU tensors, and nothing else holds
 kernel code.
 
-Algorithm (recompute, design option 2 in shared/design/performance-model.md):
+Two algorithms over the same pieces (shared/design/performance-model.md, options 1 and 2):
   1. conv_stats_kernel: conv + epilogue per (sample, tile of output positions, channel
-     block); writes each channel's tile mean and M2 (sum of squared deviations), no output.
+     block); writes each channel's tile mean and M2 (sum of squared deviations), and with
+     STORE_V also the fp32 values themselves.
   2. group_stats_kernel: per (sample, group), merges those partials in a fixed order
      (Chan's parallel variance: exact, deterministic, never negative) into mean and rstd.
-  3. conv_norm_kernel: conv + epilogue again, normalizes, writes y once.
-y is written once and never read back: x is read twice instead, which is 4x fewer bytes.
+  3. either conv_norm_kernel: conv + epilogue again, normalizes, writes y once ("recompute":
+     x read twice, y written once, the conv paid twice);
+     or group_norm_apply_kernel: normalizes the stored values ("materialize": the conv paid
+     once, y's bytes three times). Which is cheaper depends on how fast the conv runs.
 
 Index conventions shared by the conv kernels:
   x       [N, C_in, H, W]           any strides; the batch stride is 64-bit, the others 32-bit
@@ -131,12 +134,13 @@ def conv_stats_kernel(
     scale_ptr,      # [C_out]
     part_mean_ptr,  # [N, C_out, num_p_tiles] fp32, out
     part_m2_ptr,    # [N, C_out, num_p_tiles] fp32, out
+    v_ptr,          # [N, C_out, H_out*W_out] fp32, out if STORE_V: the values to normalize
     C_out, H, W, W_out, HW_out, KH, KW, K_total,
     stride_xn, stride_xc, stride_xh, stride_xw,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
     num_p_tiles, num_c_blocks, has_conv_bias,
     BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr,
-    PRECISION: tl.constexpr,
+    PRECISION: tl.constexpr, STORE_V: tl.constexpr,
 ):
     n, p_tile, c_block = _tile_coords(num_p_tiles, num_c_blocks)
     offs_p = p_tile * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -159,6 +163,9 @@ def conv_stats_kernel(
     out = (n.to(tl.int64) * C_out + offs_c) * num_p_tiles + p_tile
     tl.store(part_mean_ptr + out, tile_mean, mask=c_mask)
     tl.store(part_m2_ptr + out, tile_m2, mask=c_mask)
+    if STORE_V:
+        v_out = (n.to(tl.int64) * C_out + offs_c[:, None]) * HW_out + offs_p[None, :]
+        tl.store(v_ptr + v_out, v, mask=c_mask[:, None] & p_mask[None, :])
 
 
 @triton.jit
@@ -238,3 +245,32 @@ def conv_norm_kernel(
     y = (v - mean[:, None]) * (rstd * gamma)[:, None] + beta[:, None]
     out = (n.to(tl.int64) * C_out + offs_c[:, None]) * HW_out + offs_p[None, :]
     tl.store(y_ptr + out, y.to(y_ptr.dtype.element_ty), mask=c_mask[:, None] & p_mask[None, :])
+
+
+@triton.jit
+def group_norm_apply_kernel(
+    v_ptr,          # [N * C_out, HW_out] fp32: conv_stats_kernel's stored values
+    stats_ptr,      # [N, G, 2] fp32 (mean, rstd)
+    gn_weight_ptr,  # [C_out]; read only if has_gn_weight
+    gn_bias_ptr,    # [C_out]; read only if has_gn_bias
+    y_ptr,          # [N * C_out, HW_out], out; may alias v_ptr (fp32): each element is read
+                    # and then written by the same thread
+    C_out, HW_out, num_groups, channels_per_group, num_blocks, has_gn_weight, has_gn_bias,
+    BLOCK: tl.constexpr,
+):
+    # One program per BLOCK positions of one (n, c) row: the row's mean, rstd, gamma and beta
+    # are scalars, so the inner work is one fused multiply-add per element.
+    pid = tl.program_id(0)
+    row = pid // num_blocks
+    offs = (pid % num_blocks) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < HW_out
+    c = row % C_out
+    stat = ((row // C_out).to(tl.int64) * num_groups + c // channels_per_group) * 2
+    mean = tl.load(stats_ptr + stat)
+    rstd = tl.load(stats_ptr + stat + 1)
+    gamma = tl.load(gn_weight_ptr + c, mask=has_gn_weight != 0, other=1.0).to(tl.float32)
+    beta = tl.load(gn_bias_ptr + c, mask=has_gn_bias != 0, other=0.0).to(tl.float32)
+    base = row.to(tl.int64) * HW_out
+    v = tl.load(v_ptr + base + offs, mask=mask, other=0.0)
+    y = (v - mean) * (rstd * gamma) + beta
+    tl.store(y_ptr + base + offs, y.to(y_ptr.dtype.element_ty), mask=mask)

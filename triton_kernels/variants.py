@@ -35,6 +35,12 @@ GROUP_STATS_CONFIGS = (
     Config("b64", dict(BLOCK=64), num_warps=1, num_stages=1),
 )
 
+# Element-wise normalization of stored values: memory-bound, 4 elements per thread in each.
+APPLY_CONFIGS = (
+    Config("b512", dict(BLOCK=512), num_warps=4, num_stages=1),
+    Config("b256", dict(BLOCK=256), num_warps=2, num_stages=1),
+)
+
 DTYPES = ("fp32", "fp16", "bf16")
 
 # tl.dot input precision per (arch, dtype, mode). "accurate" must pass allclose(1e-4) in fp32:
@@ -49,14 +55,26 @@ def precisions(arch: int, dtype: str) -> dict:
     return {"accurate": "tf32x3_split" if arch >= 90 else "ieee", "tf32": "tf32"}
 
 
+@dataclass(frozen=True)
+class KernelSpec:
+    fn: object
+    configs: tuple
+    fixed: dict        # constexprs this kernel name pins
+    per_dtype: bool    # compiled once per input dtype
+    per_mode: bool     # compiled once per precision mode (the conv kernels)
+
+
+# The image names the C++ runtime asks for.
 KERNELS = {
-    "conv_stats": (k.conv_stats_kernel, CONV_CONFIGS),
-    "group_stats": (k.group_stats_kernel, GROUP_STATS_CONFIGS),
-    "conv_norm": (k.conv_norm_kernel, CONV_CONFIGS),
+    "conv_stats": KernelSpec(k.conv_stats_kernel, CONV_CONFIGS, {"STORE_V": False}, True, True),
+    "conv_stats_store": KernelSpec(k.conv_stats_kernel, CONV_CONFIGS, {"STORE_V": True}, True, True),
+    "group_stats": KernelSpec(k.group_stats_kernel, GROUP_STATS_CONFIGS, {}, False, False),
+    "conv_norm": KernelSpec(k.conv_norm_kernel, CONV_CONFIGS, {}, True, True),
+    "group_norm_apply": KernelSpec(k.group_norm_apply_kernel, APPLY_CONFIGS, {}, True, False),
 }
 
 # Buffers the kernels own are fp32 whatever the input dtype.
-_FP32_POINTERS = {"part_mean_ptr", "part_m2_ptr", "stats_ptr"}
+_FP32_POINTERS = {"part_mean_ptr", "part_m2_ptr", "stats_ptr", "v_ptr"}
 _INT64_ARGS = {"stride_xn"}
 _FP32_ARGS = {"eps"}
 
@@ -82,18 +100,18 @@ def signature(fn, dtype: str, constexprs: dict) -> dict:
 @dataclass(frozen=True)
 class Variant:
     kernel: str      # key of KERNELS
-    dtype: str       # "fp32" | "fp16" | "bf16"; group_stats is dtype-free and says "fp32"
-    mode: str        # "accurate" | "tf32" | "native"; group_stats says "any"
-    precision: str   # tl.dot input_precision, "" for group_stats
+    dtype: str       # "fp32" | "fp16" | "bf16"; dtype-free kernels say "fp32"
+    mode: str        # "accurate" | "tf32" | "native"; mode-free kernels say "any"
+    precision: str   # tl.dot input_precision, "" for mode-free kernels
     config: Config
 
     @property
     def fn(self):
-        return KERNELS[self.kernel][0]
+        return KERNELS[self.kernel].fn
 
     @property
     def constexprs(self) -> dict:
-        c = dict(self.config.meta)
+        c = dict(self.config.meta, **KERNELS[self.kernel].fixed)
         if self.precision:
             c["PRECISION"] = self.precision
         return c
@@ -107,12 +125,10 @@ class Variant:
 def variants(arch: int):
     """Every kernel variant the build ships for one arch."""
     out = []
-    for kernel, (fn, configs) in KERNELS.items():
-        for cfg in configs:
-            if kernel == "group_stats":
-                out.append(Variant(kernel, "fp32", "any", "", cfg))
-                continue
-            for dtype in DTYPES:
-                for mode, precision in precisions(arch, dtype).items():
+    for kernel, spec in KERNELS.items():
+        for cfg in spec.configs:
+            for dtype in DTYPES if spec.per_dtype else ("fp32",):
+                modes = precisions(arch, dtype).items() if spec.per_mode else [("any", "")]
+                for mode, precision in modes:
                     out.append(Variant(kernel, dtype, mode, precision, cfg))
     return out

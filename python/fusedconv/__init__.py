@@ -5,8 +5,9 @@ from . import _library
 _library.load()
 
 from .module import FusedConvSigmoidGroupNorm, ModelNew  # noqa: E402
-from .ops import build_report, conv_configs, forced_config, forward  # noqa: E402
+from .ops import (ALGORITHMS, build_report, conv_configs, forced_algorithm, forced_config,  # noqa: E402
+                  forward)
 
 __version__ = "0.1.0"
 __all__ = ["forward", "FusedConvSigmoidGroupNorm", "ModelNew", "build_report", "forced_config",
-           "conv_configs"]
+           "forced_algorithm", "conv_configs", "ALGORITHMS"]

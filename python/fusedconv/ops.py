@@ -6,6 +6,7 @@ from typing import Optional, Sequence, Union
 import torch
 
 IntPair = Union[int, Sequence[int]]
+ALGORITHMS = ("materialize", "recompute")
 
 
 def forward(x: torch.Tensor, weight: torch.Tensor, conv_bias: Optional[torch.Tensor],
@@ -28,15 +29,25 @@ def build_report() -> dict:
 
 
 @contextlib.contextmanager
-def forced_config(name: str):
-    """Run the CUDA op with one block config (e.g. "m64_c16") instead of the heuristic's
-    choice: for tests and tuning. Process-wide, so not for concurrent use."""
-    previous = torch.ops.fusedconv._get_config()
-    torch.ops.fusedconv._set_config(name)
+def _overridden(get, set_, value):
+    previous = get()
+    set_(value)
     try:
         yield
     finally:
-        torch.ops.fusedconv._set_config(previous)
+        set_(previous)
+
+
+def forced_config(name: str):
+    """Run the CUDA op with one block config (e.g. "m64_c16") instead of the heuristic's
+    choice: for tests and tuning. Process-wide, so not for concurrent use."""
+    return _overridden(torch.ops.fusedconv._get_config, torch.ops.fusedconv._set_config, name)
+
+
+def forced_algorithm(name: str):
+    """Run the CUDA op with "materialize" (conv once, normalize the stored values) or
+    "recompute" (conv twice, y written once). Process-wide, for tests and tuning."""
+    return _overridden(torch.ops.fusedconv._get_algorithm, torch.ops.fusedconv._set_algorithm, name)
 
 
 def conv_configs() -> list:
