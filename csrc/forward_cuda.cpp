@@ -44,17 +44,18 @@ const char* precision_mode(at::ScalarType t) {
              ? "accurate" : "tf32";
 }
 
-// Block config heuristic, from build_scripts/sweep_configs.py on the H200 (docs/performance.md):
-// m128_c32 beat m256_c32 by 21-27% on the benchmark and UNet shapes (two 8-warp programs per
-// SM hide the gathers' latency better than one 16-warp program); m64_c16 won on a 32x32
-// image, and small channel counts waste most of a 32-channel tile.
-std::string conv_config(int64_t c_out, int64_t hw_out) {
+// Block config heuristic, from the config sweeps on the H200 (docs/performance.md, v4):
+// m64_c32 was within a few percent of the best on every shape and mode but two: the TF32 mode
+// on large images, where m128_c32 won by 8-10%, and C_out <= 16, where a 32-channel tile
+// wastes half its work and m64_c16 won.
+std::string conv_config(int64_t c_out, int64_t hw_out, const char* mode) {
   {
     std::lock_guard<std::mutex> lock(g_config_mutex);
     if (!g_forced_config.empty()) return g_forced_config;
   }
-  if (c_out <= 16 || hw_out <= 1024) return "m64_c16";
-  return "m128_c32";
+  if (c_out <= 16) return "m64_c16";
+  if (!std::strcmp(mode, "tf32") && hw_out > 4096) return "m128_c32";
+  return "m64_c32";
 }
 
 // "materialize" (conv once, stores fp32 values, normalizes them in a memory-bound pass) or
@@ -174,7 +175,7 @@ at::Tensor forward_cuda(FUSEDCONV_FORWARD_PARAMS) {
   const ImageSet set = choose_image_set(cu::device_arch(device));
   const char* dtype = dtype_name(x.scalar_type());
   const char* mode = precision_mode(x.scalar_type());
-  const std::string config = conv_config(c_out, hw_out);
+  const std::string config = conv_config(c_out, hw_out, mode);
   const bool store_v = materialize();
   const Kernel stats_k = load(device, find_image(set, store_v ? "conv_stats_store" : "conv_stats",
                                                  dtype, mode, config.c_str()));

@@ -19,14 +19,17 @@ class Config:
 
 # Conv kernels. Registers follow the elements each thread holds: the accumulator
 # (BLOCK_C * BLOCK_M / threads) and the gathered x tile (BLOCK_K * BLOCK_M / threads), whose
-# every element carries a 64-bit pointer. With 4 warps a 128 x 32 tile needed 228-244
-# registers (fp32, cuobjdump); with 8 warps 126-157, so the warps scale with the tile to keep
-# near 128 and two or more programs per SM. m64_c16 is the small fallback: small C_out, small
-# images, and the first thing to halve to if a config ever spills.
+# every element carries a 64-bit pointer. The set was chosen by sweeping 11 candidates on the
+# H200 (docs/performance.md, "v4"): with only 5 K steps per tile, software pipelining
+# (num_stages=2) cost more than it hid, and small 4-warp programs, several per SM, hid the
+# gathers' latency best. m64_c32 (118-144 registers) was within a few percent of the best
+# everywhere; m128_c32 won the TF32 mode by 8-10% at 190-200 registers (no spills, but past
+# the 128 warning line: it is used only there); m64_c16 is the small fallback and wins for
+# C_out <= 16.
 CONV_CONFIGS = (
-    Config("m256_c32", dict(BLOCK_M=256, BLOCK_C=32, BLOCK_K=16), num_warps=16, num_stages=2),
-    Config("m128_c32", dict(BLOCK_M=128, BLOCK_C=32, BLOCK_K=16), num_warps=8, num_stages=2),
-    Config("m64_c16", dict(BLOCK_M=64, BLOCK_C=16, BLOCK_K=16), num_warps=4, num_stages=2),
+    Config("m128_c32", dict(BLOCK_M=128, BLOCK_C=32, BLOCK_K=16), num_warps=4, num_stages=1),
+    Config("m64_c32", dict(BLOCK_M=64, BLOCK_C=32, BLOCK_K=16), num_warps=4, num_stages=1),
+    Config("m64_c16", dict(BLOCK_M=64, BLOCK_C=16, BLOCK_K=16), num_warps=4, num_stages=1),
 )
 
 # Statistics merge: one program per (sample, group) streams that group's partials.
