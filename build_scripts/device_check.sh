@@ -36,25 +36,27 @@ run_suite native
 [ "${1:-}" = quick ] || run_suite sm89_ptx FUSEDCONV_FORCE_PTX=89
 
 step bench
-dtypes="fp32 fp16 bf16"; [ "${1:-}" = quick ] && dtypes=fp32
 bench() {  # name, bench args...
   local name=$1; shift
   $PY -m fusedconv bench --json "$OUT/bench_$name.json" "$@" 2>&1 | tee -a "$OUT/bench.txt" || status=1
 }
-for dt in $dtypes; do bench "$dt" --dtype "$dt"; done
-if [ "${1:-}" != quick ]; then
-  bench fp32_tf32 --precision high
-  FUSEDCONV_FORCE_PTX=89 bench fp32_sm89ptx
+seed=shared/baselines/seed_triton.py
+if [ "${1:-}" = quick ]; then
+  bench main --peers fusedconv,eager
+else
+  bench main --dtype fp32,fp16,bf16 --peer "$seed" --small --chart "$OUT/bench_main.png"
+  bench tf32 --precision high --peer "$seed"
+  bench suite --suite --chart "$OUT/bench_suite.png"
+  FUSEDCONV_FORCE_PTX=89 bench sm89_ptx --peers fusedconv,eager
 fi
-# One JSON file back instead of several.
+# One JSON file back instead of several (a device call returns at most 8 files).
 $PY - "$OUT" <<'PY'
 import json, pathlib, sys
 out = pathlib.Path(sys.argv[1])
-runs = {p.stem.removeprefix("bench_"): json.loads(p.read_text()) for p in sorted(out.glob("bench_*.json"))}
-(out / "bench_all.json").write_text(json.dumps(runs, indent=1))
-for p in out.glob("bench_*.json"):
-    if p.name != "bench_all.json":
-        p.unlink()
+parts = {p.stem.removeprefix("bench_"): p for p in sorted(out.glob("bench_*.json")) if p.name != "bench_all.json"}
+(out / "bench_all.json").write_text(json.dumps({k: json.loads(p.read_text()) for k, p in parts.items()}, indent=1))
+for p in parts.values():
+    p.unlink()
 PY
 
 step "done, status $status"

@@ -144,6 +144,10 @@ std::string forced_algorithm() {
   return g_forced_algorithm;
 }
 
+std::string chosen_config(int64_t c_out, int64_t hw_out, const std::string& mode) {
+  return conv_config(c_out, hw_out, mode.c_str());
+}
+
 std::string device_images(int64_t device) {
   const ImageSet set = choose_image_set(cu::device_arch(static_cast<int>(device)));
   return "sm_" + std::to_string(set.arch) + (set.format == ImageFormat::kPtx ? " PTX" : " cubin");

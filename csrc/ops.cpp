@@ -25,6 +25,7 @@ TORCH_LIBRARY(fusedconv, m) {
   m.def("_set_algorithm(str algorithm) -> ()", &set_forced_algorithm);
   m.def("_get_algorithm() -> str", &forced_algorithm);
   m.def("_device_images(int device) -> str", &device_images);
+  m.def("_conv_config(int c_out, int hw_out, str mode) -> str", &chosen_config);
 }
 
 }  // namespace fusedconv
