@@ -14,6 +14,8 @@ from torch.utils.cpp_extension import BuildExtension, CppExtension
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 
+from build_scripts.aot_build import DEFAULT_ARCHS, DEFAULT_PTX_ARCHS, _parse_archs  # noqa: E402
+
 
 def _triton_include_dir():
     try:
@@ -31,9 +33,7 @@ class BuildWithKernels(BuildExtension):
         from build_scripts import aot_build
 
         gen_dir = Path(self.build_temp).resolve() / "fusedconv_gen"
-        archs = aot_build._parse_archs(os.environ.get("FUSEDCONV_ARCHS", aot_build.DEFAULT_ARCHS))
-        ptx = aot_build._parse_archs(os.environ.get("FUSEDCONV_PTX_ARCHS", aot_build.DEFAULT_PTX_ARCHS))
-        cpp = aot_build.build(gen_dir, archs, ptx, log=lambda m: print(m, flush=True))
+        cpp = aot_build.build(gen_dir, ARCHS, PTX_ARCHS, log=lambda m: print(m, flush=True))
         for ext in self.extensions:
             ext.sources.append(str(cpp))
             ext.include_dirs.append(_triton_include_dir())
@@ -51,12 +51,27 @@ ext = CppExtension(
 )
 
 torch_version = torch.__version__.split("+")[0]
+
+
+def _arch_names(archs):
+    return ", ".join(f"sm_{a}" for a in archs) or "none"
+
+
+# The same variables and defaults BuildWithKernels compiles from, so that the wheel's
+# description says which GPUs it serves.
+ARCHS = _parse_archs(os.environ.get("FUSEDCONV_ARCHS", DEFAULT_ARCHS))
+PTX_ARCHS = _parse_archs(os.environ.get("FUSEDCONV_PTX_ARCHS", DEFAULT_PTX_ARCHS))
+CARRIES = f"cubins for {_arch_names(ARCHS)}; PTX for {_arch_names(PTX_ARCHS)}"
+WHEEL_NOTE = (f"**This build's CUDA kernels: {CARRIES}.** It requires torch=={torch_version} "
+              "exactly (the op library is built against its C++ ABI) and needs neither Triton "
+              "nor a compiler at run time.\n\n")
+
 setup(
     name="fusedconv",
     version="0.1.0",
     description="Conv2d + bias + scale + sigmoid + GroupNorm as one op: AOT-compiled Triton "
-                "kernels for sm_89 (RTX 4090) and sm_90 (H100/H200), launched from C++",
-    long_description=(ROOT / "README.md").read_text(),
+                f"kernels ({CARRIES}), launched from C++",
+    long_description=WHEEL_NOTE + (ROOT / "README.md").read_text(),
     long_description_content_type="text/markdown",
     packages=["fusedconv", "fusedconv.triton_kernels"],
     package_dir={"fusedconv": "python/fusedconv", "fusedconv.triton_kernels": "triton_kernels"},

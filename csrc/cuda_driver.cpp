@@ -38,6 +38,12 @@ Driver load() {
   resolve(lib, d.ModuleGetFunction, FC_STR(cuModuleGetFunction));
   resolve(lib, d.FuncSetAttribute, FC_STR(cuFuncSetAttribute));
   resolve(lib, d.LaunchKernel, FC_STR(cuLaunchKernel));
+  resolve(lib, d.EventCreate, FC_STR(cuEventCreate));
+  resolve(lib, d.EventRecord, FC_STR(cuEventRecord));
+  resolve(lib, d.EventSynchronize, FC_STR(cuEventSynchronize));
+  resolve(lib, d.EventElapsedTime, FC_STR(cuEventElapsedTime));
+  resolve(lib, d.EventDestroy, FC_STR(cuEventDestroy));
+  resolve(lib, d.StreamIsCapturing, FC_STR(cuStreamIsCapturing));
   CUresult r = d.Init(0);
   if (r != CUDA_SUCCESS) {
     const char* msg = nullptr;

@@ -19,6 +19,12 @@ struct Driver {
   decltype(&::cuModuleGetFunction) ModuleGetFunction;
   decltype(&::cuFuncSetAttribute) FuncSetAttribute;
   decltype(&::cuLaunchKernel) LaunchKernel;
+  decltype(&::cuEventCreate) EventCreate;
+  decltype(&::cuEventRecord) EventRecord;
+  decltype(&::cuEventSynchronize) EventSynchronize;
+  decltype(&::cuEventElapsedTime) EventElapsedTime;
+  decltype(&::cuEventDestroy) EventDestroy;
+  decltype(&::cuStreamIsCapturing) StreamIsCapturing;
 };
 
 // Loads libcuda.so.1 and cuInit()s once, thread-safely; throws a clear error without a driver.

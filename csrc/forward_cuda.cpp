@@ -15,6 +15,7 @@
 #include <string>
 #include <utility>
 
+#include "autotune.h"
 #include "cuda_driver.h"
 #include "format.h"
 #include "forward.h"
@@ -65,6 +66,11 @@ std::string conv_config(int64_t c_out, int64_t hw_out, const char* mode) {
 bool materialize() {
   std::lock_guard<std::mutex> lock(g_config_mutex);
   return g_forced_algorithm != "recompute";
+}
+
+bool overridden() {
+  std::lock_guard<std::mutex> lock(g_config_mutex);
+  return !g_forced_config.empty() || !g_forced_algorithm.empty();
 }
 
 struct Kernel {
@@ -179,87 +185,106 @@ at::Tensor forward_cuda(FUSEDCONV_FORWARD_PARAMS) {
   const ImageSet set = choose_image_set(cu::device_arch(device));
   const char* dtype = dtype_name(x.scalar_type());
   const char* mode = precision_mode(x.scalar_type());
-  const std::string config = conv_config(c_out, hw_out, mode);
-  const bool store_v = materialize();
-  const Kernel stats_k = load(device, find_image(set, store_v ? "conv_stats_store" : "conv_stats",
-                                                 dtype, mode, config.c_str()));
-
-  const int64_t block_m = stats_k.image->block_m, block_c = stats_k.image->block_c;
-  const int64_t num_p_tiles = (hw_out + block_m - 1) / block_m;
-  const int64_t num_c_blocks = (c_out + block_c - 1) / block_c;
-  const int64_t grid = n * num_p_tiles * num_c_blocks;
-  TORCH_CHECK_VALUE(grid <= INT_MAX, "fusedconv.forward: the input needs ", str(grid),
-                    " thread blocks, more than one launch allows; split the batch");
-  const int64_t channels_per_group = c_out / num_groups;
-  const int64_t group_run = channels_per_group * num_p_tiles;
-  const Kernel group_k = load(device, find_image(set, "group_stats", "fp32", "any",
-                                                 group_run >= 512 ? "b256" : "b64"));
-
-  // One workspace: per-tile partial mean and M2, per-group (mean, rstd), and when
-  // materializing a non-fp32 output, the fp32 values (an fp32 output holds its own).
-  const int64_t n_part = n * c_out * num_p_tiles;
-  const int64_t n_values = store_v && x.scalar_type() != at::kFloat ? n * c_out * hw_out : 0;
-  at::Tensor workspace = at::empty({2 * n_part + 2 * n * num_groups + n_values},
-                                   x.options().dtype(at::kFloat));
-  CUdeviceptr part_mean = ptr(workspace);
-  CUdeviceptr part_m2 = part_mean + n_part * sizeof(float);
-  CUdeviceptr stats = part_m2 + n_part * sizeof(float);
-  CUdeviceptr values = !store_v ? 0 : n_values ? stats + 2 * n * num_groups * sizeof(float) : ptr(y);
-
-  const at::Tensor w_c = flat_contiguous(weight), bias_c = flat_contiguous(bias), scale_c = flat_contiguous(scale);
-  const at::Tensor cb_c = conv_bias ? flat_contiguous(*conv_bias) : bias_c;
-  const at::Tensor gw_c = gn_weight ? flat_contiguous(*gn_weight) : bias_c;
-  const at::Tensor gb_c = gn_bias ? flat_contiguous(*gn_bias) : bias_c;
-  CUdeviceptr x_p = ptr(x), w_p = ptr(w_c), cb_p = ptr(cb_c), b_p = ptr(bias_c), s_p = ptr(scale_c);
-  CUdeviceptr gw_p = ptr(gw_c), gb_p = ptr(gb_c), y_p = ptr(y);
-  CUdeviceptr no_scratch = 0;  // Triton's global and profile scratch: the build asserts size 0
-
-  int32_t a_c_out = i32(c_out, "C_out"), a_h = i32(h, "H"), a_w = i32(w, "W");
-  int32_t a_w_out = i32(w_out, "W_out"), a_hw_out = i32(hw_out, "H_out * W_out");
-  int32_t a_kh = i32(kh, "KH"), a_kw = i32(kw, "KW"), a_k_total = i32(k_total, "C_in * KH * KW");
-  int64_t a_sxn = x.stride(0);
-  int32_t a_sxc = i32(x.stride(1), "x.stride(1)"), a_sxh = i32(x.stride(2), "x.stride(2)");
-  int32_t a_sxw = i32(x.stride(3), "x.stride(3)");
-  int32_t a_sh = i32(g.stride[0], "stride"), a_sw = i32(g.stride[1], "stride");
-  int32_t a_ph = i32(g.padding[0], "padding"), a_pw = i32(g.padding[1], "padding");
-  int32_t a_dh = i32(g.dilation[0], "dilation"), a_dw = i32(g.dilation[1], "dilation");
-  int32_t a_tiles = i32(num_p_tiles, "tiles"), a_cblocks = i32(num_c_blocks, "channel blocks");
-  int32_t a_has_cb = conv_bias.has_value(), a_has_gw = gn_weight.has_value(), a_has_gb = gn_bias.has_value();
-  int32_t a_groups = i32(num_groups, "num_groups"), a_cpg = i32(channels_per_group, "C_out / num_groups");
-  int32_t a_block_m = i32(block_m, "BLOCK_M");
-  float a_eps = static_cast<float>(eps);
-
-  // Argument order is the kernels' parameter order in triton_kernels/conv_sigmoid_groupnorm.py.
-  void* stats_args[] = {&x_p, &w_p, &cb_p, &b_p, &s_p, &part_mean, &part_m2, &values,
-                        &a_c_out, &a_h, &a_w, &a_w_out, &a_hw_out, &a_kh, &a_kw, &a_k_total,
-                        &a_sxn, &a_sxc, &a_sxh, &a_sxw, &a_sh, &a_sw, &a_ph, &a_pw, &a_dh, &a_dw,
-                        &a_tiles, &a_cblocks, &a_has_cb, &no_scratch, &no_scratch};
-  void* group_args[] = {&part_mean, &part_m2, &stats, &a_cpg, &a_hw_out, &a_tiles, &a_block_m,
-                        &a_eps, &no_scratch, &no_scratch};
   const c10::Stream stream = c10::impl::getDeviceGuardImpl(c10::DeviceType::CUDA)->getStream(x.device());
   CUstream s = static_cast<CUstream>(stream.native_handle());
-  launch(stats_k, grid, stats_args, s);
-  launch(group_k, n * num_groups, group_args, s);
-  if (store_v) {
-    const Kernel apply_k = load(device, find_image(set, "group_norm_apply", dtype, "any",
-                                                   hw_out >= 512 ? "b512" : "b256"));
-    const int64_t blocks_per_row = (hw_out + apply_k.image->block_m - 1) / apply_k.image->block_m;
-    const int64_t apply_grid = n * c_out * blocks_per_row;
-    TORCH_CHECK_VALUE(apply_grid <= INT_MAX, "fusedconv.forward: the output needs ", str(apply_grid),
-                      " thread blocks to normalize, more than one launch allows; split the batch");
-    int32_t a_blocks = static_cast<int32_t>(blocks_per_row);
-    void* apply_args[] = {&values, &stats, &gw_p, &gb_p, &y_p, &a_c_out, &a_hw_out, &a_groups,
-                          &a_cpg, &a_blocks, &a_has_gw, &a_has_gb, &no_scratch, &no_scratch};
-    launch(apply_k, apply_grid, apply_args, s);
-  } else {
-    const Kernel norm_k = load(device, find_image(set, "conv_norm", dtype, mode, config.c_str()));
-    void* norm_args[] = {&x_p, &w_p, &cb_p, &b_p, &s_p, &gw_p, &gb_p, &stats, &y_p,
-                         &a_c_out, &a_h, &a_w, &a_w_out, &a_hw_out, &a_kh, &a_kw, &a_k_total,
-                         &a_sxn, &a_sxc, &a_sxh, &a_sxw, &a_sh, &a_sw, &a_ph, &a_pw, &a_dh, &a_dw,
-                         &a_tiles, &a_cblocks, &a_has_cb, &a_groups, &a_cpg, &a_has_gw, &a_has_gb,
-                         &no_scratch, &no_scratch};
-    launch(norm_k, grid, norm_args, s);
+
+  // Everything from here depends on the chosen variant, which autotuning may try in turn.
+  auto run = [&](const Choice& choice) {
+    const std::string& config = choice.config;
+    const bool store_v = choice.materialize;
+    const Kernel stats_k = load(device, find_image(set, store_v ? "conv_stats_store" : "conv_stats",
+                                                   dtype, mode, config.c_str()));
+
+    const int64_t block_m = stats_k.image->block_m, block_c = stats_k.image->block_c;
+    const int64_t num_p_tiles = (hw_out + block_m - 1) / block_m;
+    const int64_t num_c_blocks = (c_out + block_c - 1) / block_c;
+    const int64_t grid = n * num_p_tiles * num_c_blocks;
+    TORCH_CHECK_VALUE(grid <= INT_MAX, "fusedconv.forward: the input needs ", str(grid),
+                      " thread blocks, more than one launch allows; split the batch");
+    const int64_t channels_per_group = c_out / num_groups;
+    const int64_t group_run = channels_per_group * num_p_tiles;
+    const Kernel group_k = load(device, find_image(set, "group_stats", "fp32", "any",
+                                                   group_run >= 512 ? "b256" : "b64"));
+
+    // One workspace: per-tile partial mean and M2, per-group (mean, rstd), and when
+    // materializing a non-fp32 output, the fp32 values (an fp32 output holds its own).
+    const int64_t n_part = n * c_out * num_p_tiles;
+    const int64_t n_values = store_v && x.scalar_type() != at::kFloat ? n * c_out * hw_out : 0;
+    at::Tensor workspace = at::empty({2 * n_part + 2 * n * num_groups + n_values},
+                                     x.options().dtype(at::kFloat));
+    CUdeviceptr part_mean = ptr(workspace);
+    CUdeviceptr part_m2 = part_mean + n_part * sizeof(float);
+    CUdeviceptr stats = part_m2 + n_part * sizeof(float);
+    CUdeviceptr values = !store_v ? 0 : n_values ? stats + 2 * n * num_groups * sizeof(float) : ptr(y);
+
+    const at::Tensor w_c = flat_contiguous(weight), bias_c = flat_contiguous(bias), scale_c = flat_contiguous(scale);
+    const at::Tensor cb_c = conv_bias ? flat_contiguous(*conv_bias) : bias_c;
+    const at::Tensor gw_c = gn_weight ? flat_contiguous(*gn_weight) : bias_c;
+    const at::Tensor gb_c = gn_bias ? flat_contiguous(*gn_bias) : bias_c;
+    CUdeviceptr x_p = ptr(x), w_p = ptr(w_c), cb_p = ptr(cb_c), b_p = ptr(bias_c), s_p = ptr(scale_c);
+    CUdeviceptr gw_p = ptr(gw_c), gb_p = ptr(gb_c), y_p = ptr(y);
+    CUdeviceptr no_scratch = 0;  // Triton's global and profile scratch: the build asserts size 0
+
+    int32_t a_c_out = i32(c_out, "C_out"), a_h = i32(h, "H"), a_w = i32(w, "W");
+    int32_t a_w_out = i32(w_out, "W_out"), a_hw_out = i32(hw_out, "H_out * W_out");
+    int32_t a_kh = i32(kh, "KH"), a_kw = i32(kw, "KW"), a_k_total = i32(k_total, "C_in * KH * KW");
+    int64_t a_sxn = x.stride(0);
+    int32_t a_sxc = i32(x.stride(1), "x.stride(1)"), a_sxh = i32(x.stride(2), "x.stride(2)");
+    int32_t a_sxw = i32(x.stride(3), "x.stride(3)");
+    int32_t a_sh = i32(g.stride[0], "stride"), a_sw = i32(g.stride[1], "stride");
+    int32_t a_ph = i32(g.padding[0], "padding"), a_pw = i32(g.padding[1], "padding");
+    int32_t a_dh = i32(g.dilation[0], "dilation"), a_dw = i32(g.dilation[1], "dilation");
+    int32_t a_tiles = i32(num_p_tiles, "tiles"), a_cblocks = i32(num_c_blocks, "channel blocks");
+    int32_t a_has_cb = conv_bias.has_value(), a_has_gw = gn_weight.has_value(), a_has_gb = gn_bias.has_value();
+    int32_t a_groups = i32(num_groups, "num_groups"), a_cpg = i32(channels_per_group, "C_out / num_groups");
+    int32_t a_block_m = i32(block_m, "BLOCK_M");
+    float a_eps = static_cast<float>(eps);
+
+    // Argument order is the kernels' parameter order in triton_kernels/conv_sigmoid_groupnorm.py.
+    void* stats_args[] = {&x_p, &w_p, &cb_p, &b_p, &s_p, &part_mean, &part_m2, &values,
+                          &a_c_out, &a_h, &a_w, &a_w_out, &a_hw_out, &a_kh, &a_kw, &a_k_total,
+                          &a_sxn, &a_sxc, &a_sxh, &a_sxw, &a_sh, &a_sw, &a_ph, &a_pw, &a_dh, &a_dw,
+                          &a_tiles, &a_cblocks, &a_has_cb, &no_scratch, &no_scratch};
+    void* group_args[] = {&part_mean, &part_m2, &stats, &a_cpg, &a_hw_out, &a_tiles, &a_block_m,
+                          &a_eps, &no_scratch, &no_scratch};
+    launch(stats_k, grid, stats_args, s);
+    launch(group_k, n * num_groups, group_args, s);
+    if (store_v) {
+      const Kernel apply_k = load(device, find_image(set, "group_norm_apply", dtype, "any",
+                                                     hw_out >= 512 ? "b512" : "b256"));
+      const int64_t blocks_per_row = (hw_out + apply_k.image->block_m - 1) / apply_k.image->block_m;
+      const int64_t apply_grid = n * c_out * blocks_per_row;
+      TORCH_CHECK_VALUE(apply_grid <= INT_MAX, "fusedconv.forward: the output needs ", str(apply_grid),
+                        " thread blocks to normalize, more than one launch allows; split the batch");
+      int32_t a_blocks = static_cast<int32_t>(blocks_per_row);
+      void* apply_args[] = {&values, &stats, &gw_p, &gb_p, &y_p, &a_c_out, &a_hw_out, &a_groups,
+                            &a_cpg, &a_blocks, &a_has_gw, &a_has_gb, &no_scratch, &no_scratch};
+      launch(apply_k, apply_grid, apply_args, s);
+    } else {
+      const Kernel norm_k = load(device, find_image(set, "conv_norm", dtype, mode, config.c_str()));
+      void* norm_args[] = {&x_p, &w_p, &cb_p, &b_p, &s_p, &gw_p, &gb_p, &stats, &y_p,
+                           &a_c_out, &a_h, &a_w, &a_w_out, &a_hw_out, &a_kh, &a_kw, &a_k_total,
+                           &a_sxn, &a_sxc, &a_sxh, &a_sxw, &a_sh, &a_sw, &a_ph, &a_pw, &a_dh, &a_dw,
+                           &a_tiles, &a_cblocks, &a_has_cb, &a_groups, &a_cpg, &a_has_gw, &a_has_gb,
+                           &no_scratch, &no_scratch};
+      launch(norm_k, grid, norm_args, s);
+    }
+  };
+
+  Choice choice{conv_config(c_out, hw_out, mode), materialize()};
+  if (autotune_enabled() && !overridden()) {
+    std::vector<Choice> candidates;
+    for (const std::string& config : conv_config_names(set, dtype, mode)) {
+      candidates.push_back({config, true});
+      candidates.push_back({config, false});
+    }
+    const std::string key = device_images(device) + "|" + dtype + "|" + mode + "|" + str(x.sizes()) +
+                            "|" + str(weight.sizes()) + "|" + str(at::IntArrayRef(g.stride, 2)) + "|" +
+                            str(at::IntArrayRef(g.padding, 2)) + "|" + str(at::IntArrayRef(g.dilation, 2)) +
+                            "|" + str(num_groups);
+    autotuned_choice(key, candidates, run, s, &choice);
   }
+  run(choice);
   return y;
 }
 

@@ -4,6 +4,7 @@
 
 #include <cstddef>
 #include <string>
+#include <vector>
 
 namespace fusedconv {
 
@@ -45,6 +46,9 @@ ImageSet choose_image_set(int device_arch);
 // The image of one kernel variant within a set; throws if the build lacks it.
 const KernelImage& find_image(const ImageSet& set, const char* kernel, const char* dtype,
                               const char* mode, const char* config);
+
+// The conv block configs the build carries for one set, dtype and mode.
+std::vector<std::string> conv_config_names(const ImageSet& set, const char* dtype, const char* mode);
 
 std::string describe_build();  // "cubins for sm_89, sm_90; PTX for sm_89"
 

@@ -2,6 +2,7 @@
 // forward_cpu.cpp, forward_cuda.cpp and forward_meta.cpp.
 #include <torch/library.h>
 
+#include "autotune.h"
 #include "forward.h"
 #include "kernel_registry.h"
 
@@ -26,6 +27,8 @@ TORCH_LIBRARY(fusedconv, m) {
   m.def("_get_algorithm() -> str", &forced_algorithm);
   m.def("_device_images(int device) -> str", &device_images);
   m.def("_conv_config(int c_out, int hw_out, str mode) -> str", &chosen_config);
+  m.def("_set_autotune(bool enabled, str cache_file=\"\") -> ()", &set_autotune);
+  m.def("_autotune_entries() -> str", &autotune_entries);
 }
 
 }  // namespace fusedconv

@@ -93,8 +93,9 @@ def poison_cuda_allocator(nbytes):
     """Fill the caching allocator's next blocks with NaN, so an output element the op
     forgets to write shows up as NaN instead of as stale plausible data."""
     if torch.cuda.is_available():
-        blocks = [torch.full((nbytes // 4 + 1,), float("nan"), device="cuda") for _ in range(2)]
-        del blocks
+        # Two blocks alive at once, so both the output's and the workspace's are poisoned.
+        for block in [torch.empty(nbytes // 4 + 1, device="cuda") for _ in range(2)]:
+            block.fill_(float("nan"))
 
 
 def expected(case, x, ref_model, dtype):
@@ -105,6 +106,14 @@ def expected(case, x, ref_model, dtype):
     m = m.to(dtype).double()
     with torch.no_grad():
         return m(x.to(dtype).double())
+
+
+def prepared(case, device="cpu", dtype=torch.float32):
+    """(fused module, input, float64 expectation) for a case, on `device` in `dtype`."""
+    ref = reference_model(case)
+    model = fused_model(case, ref).to(device, dtype)
+    x = random_input(case).to(device, dtype)
+    return model, x, expected(case, x.cpu(), ref, dtype)
 
 
 def assert_matches(out, exp, dtype):
@@ -125,5 +134,5 @@ def forward_args(model, x):
 
 
 __all__ = ["Case", "DTYPES", "TOLERANCE", "reference", "random_cases", "reference_model",
-           "fused_model", "random_input", "expected", "assert_matches", "poison_cuda_allocator",
+           "fused_model", "random_input", "expected", "prepared", "assert_matches", "poison_cuda_allocator",
            "forward_args", "replace"]

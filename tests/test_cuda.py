@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import fusedconv
-from helpers import (DTYPES, Case, assert_matches, expected, fused_model, poison_cuda_allocator,
+from helpers import (DTYPES, Case, assert_matches, expected, fused_model, poison_cuda_allocator, prepared,
                      random_input, reference, reference_model)
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -72,10 +72,7 @@ CONFIG_CASES = [
 def test_every_config(case, dtype):
     """Each block config the build carries, forced, with each algorithm, on ragged shapes."""
     dt = DTYPES[dtype]
-    ref = reference_model(case)
-    model = fused_model(case, ref).cuda().to(dt)
-    x = random_input(case).cuda().to(dt)
-    exp = expected(case, x.cpu(), ref, dt)
+    model, x, exp = prepared(case, "cuda", dt)
     for algorithm in fusedconv.ALGORITHMS:
         for config in fusedconv.conv_configs():
             poison_cuda_allocator(exp.numel() * 8)
@@ -90,10 +87,7 @@ def test_algorithm_override_is_checked():
 
 def test_tf32_is_opt_in(fp32_matmul_precision):
     case = Case(n=2, c_in=8, c_out=32, h=40, w=40, groups=8)
-    ref = reference_model(case)
-    model = fused_model(case, ref).cuda()
-    x = random_input(case).cuda()
-    exp = expected(case, x.cpu(), ref, torch.float32)
+    model, x, exp = prepared(case, "cuda")
     with torch.no_grad():
         fp32_matmul_precision("highest")
         accurate = model(x)
@@ -148,3 +142,48 @@ print('ok')
     env.pop("TRITON_INTERPRET", None)
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stdout + r.stderr
+
+
+def test_autotune_tunes_once_per_shape_and_persists(tmp_path):
+    cache = tmp_path / "tune.tsv"
+    case = Case(n=2, c_in=8, c_out=32, h=40, w=44, groups=8)
+    model, x, exp = prepared(case, "cuda")
+    fusedconv.autotune(True, str(cache))
+    try:
+        with torch.no_grad():
+            assert_matches(model(x), exp, torch.float32)
+            assert_matches(model(x), exp, torch.float32)
+    finally:
+        fusedconv.autotune(False)
+    lines = cache.read_text().splitlines()
+    assert len(lines) == 1, lines  # tuned once for the shape, not per call
+    key, config, algorithm = lines[0].split("\t")
+    assert config in fusedconv.conv_configs() and algorithm in fusedconv.ALGORITHMS
+    # A fresh process takes the choice from the file instead of tuning again.
+    code = f"""
+import torch, fusedconv
+fusedconv.autotune(True, {str(cache)!r})
+print(len(fusedconv.autotune_entries()))
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.strip() == "1", r.stdout + r.stderr
+
+
+def test_autotune_never_runs_during_graph_capture(tmp_path):
+    cache = tmp_path / "tune.tsv"
+    case = Case(n=2, c_in=8, c_out=32, h=36, w=30, groups=4)
+    model, x, exp = prepared(case, "cuda")
+    with torch.no_grad():
+        model(x)  # loads the heuristic's kernels outside the capture
+        torch.cuda.synchronize()
+        fusedconv.autotune(True, str(cache))
+        try:
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                out = model(x)
+            graph.replay()
+            torch.cuda.synchronize()
+        finally:
+            fusedconv.autotune(False)
+    assert_matches(out, exp, torch.float32)
+    assert fusedconv.autotune_entries() == [] and not cache.exists()

@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from helpers import DTYPES, Case, assert_matches, expected, fused_model, random_input, reference_model
+from helpers import Case, assert_matches, expected, fused_model, random_input, reference_model
 
 pytestmark = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
                                 reason="TRITON_INTERPRET=1 must be set before Triton is imported")

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import fusedconv
-from helpers import (DTYPES, Case, assert_matches, expected, forward_args, fused_model,
+from helpers import (DTYPES, Case, assert_matches, expected, fused_model,
                      poison_cuda_allocator, random_cases, random_input, reference_model)
 
 CASES = random_cases(14, seed=2026) + [

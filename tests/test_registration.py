@@ -76,3 +76,17 @@ def test_torch_export_round_trip(tmp_path):
     loaded = torch.export.load(tmp_path / "model.pt2")
     with torch.no_grad():
         torch.testing.assert_close(loaded.module()(x), model(x))
+
+
+def test_autotune_switch_leaves_the_cpu_path_alone(tmp_path):
+    case = Case(n=1, c_in=3, c_out=8, h=9, w=9, groups=4)
+    model = fused_model(case, reference_model(case))
+    x = random_input(case)
+    with torch.no_grad():
+        before = model(x)
+        fusedconv.autotune(True, str(tmp_path / "t.tsv"))
+        try:
+            assert torch.equal(model(x), before)
+        finally:
+            fusedconv.autotune(False)
+    assert not (tmp_path / "t.tsv").exists()

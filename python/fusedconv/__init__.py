@@ -5,9 +5,9 @@ from . import _library
 _library.load()
 
 from .module import FusedConvSigmoidGroupNorm, ModelNew  # noqa: E402
-from .ops import (ALGORITHMS, build_report, conv_configs, forced_algorithm, forced_config,  # noqa: E402
-                  forward)
+from .ops import (ALGORITHMS, autotune, autotune_entries, build_report, conv_configs,  # noqa: E402
+                  forced_algorithm, forced_config, forward)
 
 __version__ = "0.1.0"
 __all__ = ["forward", "FusedConvSigmoidGroupNorm", "ModelNew", "build_report", "forced_config",
-           "forced_algorithm", "conv_configs", "ALGORITHMS"]
+           "forced_algorithm", "conv_configs", "ALGORITHMS", "autotune", "autotune_entries"]

@@ -50,5 +50,19 @@ def forced_algorithm(name: str):
     return _overridden(torch.ops.fusedconv._get_algorithm, torch.ops.fusedconv._set_algorithm, name)
 
 
+def autotune(enabled: bool = True, cache_file: Optional[str] = None) -> None:
+    """Opt into on-device autotuning: the first CUDA call for each shape key (device images,
+    dtype, precision mode, shapes, stride, padding, dilation, groups) times every block config
+    x algorithm once and keeps the fastest, in memory and, with `cache_file`, in a file that
+    later processes read (also FUSEDCONV_AUTOTUNE=1 and FUSEDCONV_AUTOTUNE_CACHE=path). Never
+    during CUDA graph capture: a capture with no cached choice uses the heuristic."""
+    torch.ops.fusedconv._set_autotune(enabled, cache_file or "")
+
+
+def autotune_entries() -> list:
+    """[(key, config, algorithm)] chosen so far (or read from the cache file)."""
+    return [tuple(line.split("\t")) for line in torch.ops.fusedconv._autotune_entries().splitlines()]
+
+
 def conv_configs() -> list:
     return sorted({i["config"] for i in build_report()["images"] if i["kernel"] == "conv_stats"})
