@@ -11,9 +11,15 @@ PY=${PYTHON:-python3}
 status=0
 step() { echo "== $* ($(date +%T))"; }
 
+# The device image sets CXX=/opt/gcc/bin/g++, a GCC whose links carry their own copy of
+# libstdc++'s internals (std::locale, ostream inserters): code built with it and loaded next to
+# libtorch crashed in iostreams and locale teardown. Build with the system compiler instead.
+if [ -x /usr/bin/g++ ]; then export CC=/usr/bin/gcc CXX=/usr/bin/g++; fi
+
 step environment
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
   $PY -c "import torch, triton, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'triton', triton.__version__, 'cuda', torch.version.cuda)"
+  echo "CXX=${CXX:-unset} ($(${CXX:-g++} --version | head -1))"
 } 2>&1 | tee "$OUT/summary.txt"
 
 step build

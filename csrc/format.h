@@ -1,9 +1,10 @@
 // Numbers and shapes for error messages, formatted without iostreams.
 //
-// Why: built on the device machine (g++ 13, torch 2.11), streaming an integer into a
-// TORCH_CHECK message crashed inside a std::ostream::_M_insert<long> instantiated in this
-// library (gdb backtrace, 2026-11-21); strings, dtypes and devices streamed fine. So every
-// number reaches a message as a std::string.
+// Why: a library built with a compiler that links its own copy of libstdc++'s internals
+// (seen: the device image's CXX=/opt/gcc/bin/g++) crashed inside std::ostream::_M_insert<long>
+// the first time a number was streamed into a TORCH_CHECK message next to libtorch's shared
+// libstdc++ (gdb, 2026-11-21). tests/test_build.py now rejects such a build; formatting
+// numbers without iostreams keeps error paths safe regardless.
 #pragma once
 
 #include <c10/core/SymInt.h>

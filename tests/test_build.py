@@ -70,6 +70,19 @@ def test_op_library_has_no_python_dependency():
     assert not [n for n in needed if "python" in n], needed
 
 
+@pytest.mark.skipif(shutil.which("nm") is None, reason="needs binutils' nm")
+def test_op_library_uses_the_shared_libstdcxx():
+    """A compiler that links libstdc++'s internals into the library (seen on the device image:
+    CXX=/opt/gcc/bin/g++) gives it a second std::locale and iostream machinery beside
+    libtorch's shared libstdc++, and it crashes in the first error message that streams a
+    number. Such a build must fail here, not in a user's process."""
+    out = subprocess.run(["nm", "-C", "--defined-only", str(_library.library_path())], check=True,
+                         capture_output=True, text=True).stdout
+    private = [line for line in out.splitlines()
+               if "std::locale::~locale()" in line or "std::ostream::_M_insert<long>" in line]
+    assert private == [], "rebuild with the system compiler (CXX=g++): " + "; ".join(private)
+
+
 def test_info_command_prints_every_image(capsys):
     from fusedconv.__main__ import main
     main(["info"])

@@ -110,6 +110,16 @@ def test_cpp_example_fails_without_the_op_library(example_binary, example_files)
     assert r.returncode == 2 and "fusedconv::forward" in r.stderr, r.stderr
 
 
+def test_cpp_example_uses_the_shared_libstdcxx(example_binary):
+    """A compiler that links libstdc++'s internals into the program (seen on the device image:
+    CXX=/opt/gcc/bin/g++) made it abort in std::locale teardown inside libtorch's TorchScript
+    compiler: a second copy of the locale machinery beside the shared libstdc++."""
+    if not shutil.which("nm"):
+        pytest.skip("nm is not installed")
+    out = check(["nm", "-C", "--defined-only", example_binary]).stdout
+    assert "std::locale::~locale()" not in out, "rebuild with the system compiler (CXX=g++)"
+
+
 def test_cpp_example_links_no_python(example_binary):
     if not shutil.which("ldd"):
         pytest.skip("ldd is not installed")
