@@ -30,7 +30,9 @@ std::string forced_algorithm();
 // The conv config the heuristic (or a forced override) picks for a shape and mode.
 std::string chosen_config(int64_t c_out, int64_t hw_out, const std::string& mode);
 
-// Which images a CUDA device runs, e.g. "sm_90 cubin" or "sm_89 PTX".
+// Which images a CUDA device runs, e.g. "sm_90 cubin" or "sm_89 PTX"; images_for_arch answers
+// for any compute capability (10 * major + minor), with no GPU.
 std::string device_images(int64_t device);
+std::string images_for_arch(int64_t arch);
 
 }  // namespace fusedconv

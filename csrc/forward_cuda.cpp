@@ -154,9 +154,13 @@ std::string chosen_config(int64_t c_out, int64_t hw_out, const std::string& mode
   return conv_config(c_out, hw_out, mode.c_str());
 }
 
-std::string device_images(int64_t device) {
-  const ImageSet set = choose_image_set(cu::device_arch(static_cast<int>(device)));
+std::string images_for_arch(int64_t arch) {
+  const ImageSet set = choose_image_set(static_cast<int>(arch));
   return "sm_" + std::to_string(set.arch) + (set.format == ImageFormat::kPtx ? " PTX" : " cubin");
+}
+
+std::string device_images(int64_t device) {
+  return images_for_arch(cu::device_arch(static_cast<int>(device)));
 }
 
 at::Tensor forward_cuda(FUSEDCONV_FORWARD_PARAMS) {

@@ -1,10 +1,12 @@
 """What the build carries: sm_89 and sm_90 cubins, the sm_89 PTX, every variant the kernel
 table defines, no spills, shared memory within the RTX 4090's 99 KB per block, and a library
 with no Python dependency."""
+import os
 import shutil
 import subprocess
 
 import pytest
+import torch
 
 import fusedconv
 from fusedconv import _library
@@ -22,6 +24,25 @@ def test_versions_and_archs():
     assert REPORT["triton"] == "3.6.0", "ship cubins from the device machine's Triton"
     assert {89, 90} <= set(REPORT["archs"])
     assert 89 in REPORT["ptx_archs"]
+
+
+@pytest.mark.skipif(bool(os.environ.get("FUSEDCONV_FORCE_PTX")), reason="FUSEDCONV_FORCE_PTX overrides the choice")
+@pytest.mark.parametrize("arch,images", [
+    (89, "sm_89 cubin"),   # RTX 4090
+    (90, "sm_90 cubin"),   # H100/H200
+    (100, "sm_89 PTX"),    # a newer GPU: the driver JIT-compiles the sm_89 PTX
+    (120, "sm_89 PTX"),
+])
+def test_image_choice_per_arch(arch, images):
+    assert torch.ops.fusedconv._images_for_arch(arch) == images
+
+
+@pytest.mark.skipif(bool(os.environ.get("FUSEDCONV_FORCE_PTX")), reason="FUSEDCONV_FORCE_PTX overrides the choice")
+@pytest.mark.parametrize("arch", [75, 80, 86])
+def test_unsupported_gpu_error_names_both_archs(arch):
+    with pytest.raises(RuntimeError, match=rf"no kernel image runs on this GPU \(sm_{arch}\); this build "
+                                           r"carries cubins for sm_89, sm_90; PTX for sm_89"):
+        torch.ops.fusedconv._images_for_arch(arch)
 
 
 @pytest.mark.parametrize("arch,fmt", [(89, "cubin"), (90, "cubin"), (89, "ptx")])
