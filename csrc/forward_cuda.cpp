@@ -45,17 +45,16 @@ const char* precision_mode(at::ScalarType t) {
              ? "accurate" : "tf32";
 }
 
-// Block config heuristic, from the config sweeps on the H200 (docs/performance.md, v4):
-// m64_c32 was within a few percent of the best on every shape and mode but two: the TF32 mode
-// on large images, where m128_c32 won by 8-10%, and C_out <= 16, where a 32-channel tile
-// wastes half its work and m64_c16 won.
-std::string conv_config(int64_t c_out, int64_t hw_out, const char* mode) {
+// Block config heuristic, from the config sweeps on the H200 (docs/performance.md, v4, v5):
+// the channel tile follows C_out, because each channel block redoes the whole x gather;
+// 64 positions and 4 warps per program won (or came within a few percent) everywhere.
+std::string conv_config(int64_t c_out) {
   {
     std::lock_guard<std::mutex> lock(g_config_mutex);
     if (!g_forced_config.empty()) return g_forced_config;
   }
   if (c_out <= 16) return "m64_c16";
-  if (!std::strcmp(mode, "tf32") && hw_out > 4096) return "m128_c32";
+  if (c_out >= 64) return "m64_c64";
   return "m64_c32";
 }
 
@@ -150,9 +149,7 @@ std::string forced_algorithm() {
   return g_forced_algorithm;
 }
 
-std::string chosen_config(int64_t c_out, int64_t hw_out, const std::string& mode) {
-  return conv_config(c_out, hw_out, mode.c_str());
-}
+std::string chosen_config(int64_t c_out) { return conv_config(c_out); }
 
 std::string images_for_arch(int64_t arch) {
   const ImageSet set = choose_image_set(static_cast<int>(arch));
@@ -275,7 +272,7 @@ at::Tensor forward_cuda(FUSEDCONV_FORWARD_PARAMS) {
     }
   };
 
-  Choice choice{conv_config(c_out, hw_out, mode), materialize()};
+  Choice choice{conv_config(c_out), materialize()};
   if (autotune_enabled() && !overridden()) {
     std::vector<Choice> candidates;
     for (const std::string& config : conv_config_names(set, dtype, mode)) {

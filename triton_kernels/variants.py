@@ -19,15 +19,16 @@ class Config:
 
 # Conv kernels. Registers follow the elements each thread holds: the accumulator
 # (BLOCK_C * BLOCK_M / threads) and the gathered x tile (BLOCK_K * BLOCK_M / threads), whose
-# every element carries a 64-bit pointer. The set was chosen by sweeping 11 candidates on the
-# H200 (docs/performance.md, "v4"): with only 5 K steps per tile, software pipelining
+# every element carries a 64-bit pointer. The set was chosen by sweeping 16 candidates on the
+# H200 (docs/performance.md, v4 and v5): with only a few K steps per tile, software pipelining
 # (num_stages=2) cost more than it hid, and small 4-warp programs, several per SM, hid the
-# gathers' latency best. m64_c32 (118-144 registers) was within a few percent of the best
-# everywhere; m128_c32 won the TF32 mode by 8-10% at 190-200 registers (no spills, but past
-# the 128 warning line: it is used only there); m64_c16 is the small fallback and wins for
-# C_out <= 16.
+# gathers' latency best. The channel tile follows C_out, because every channel block redoes
+# the whole gather: m64_c64 for C_out >= 64 (1.4-1.8x over m64_c32 on UNet shapes; 144-168
+# registers, no spills, above the 128 warning line but measured faster than its 8-warp
+# 111-register twin by 2x), m64_c32 for the benchmark's 32 channels, m64_c16, the small
+# fallback, for C_out <= 16.
 CONV_CONFIGS = (
-    Config("m128_c32", dict(BLOCK_M=128, BLOCK_C=32, BLOCK_K=16), num_warps=4, num_stages=1),
+    Config("m64_c64", dict(BLOCK_M=64, BLOCK_C=64, BLOCK_K=16), num_warps=4, num_stages=1),
     Config("m64_c32", dict(BLOCK_M=64, BLOCK_C=32, BLOCK_K=16), num_warps=4, num_stages=1),
     Config("m64_c16", dict(BLOCK_M=64, BLOCK_C=16, BLOCK_K=16), num_warps=4, num_stages=1),
 )

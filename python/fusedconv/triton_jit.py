@@ -29,7 +29,7 @@ def forward(x, weight, conv_bias, bias, scale, gn_weight, gn_bias, num_groups, e
     modes = V.precisions(10 * major + minor, dtype)
     mode = "native" if dtype != "fp32" else (
         "accurate" if torch.get_float32_matmul_precision() == "highest" else "tf32")
-    conv_cfg = _config(torch.ops.fusedconv._conv_config(c_out, hw, mode), V.CONV_CONFIGS)
+    conv_cfg = _config(torch.ops.fusedconv._conv_config(c_out), V.CONV_CONFIGS)
     bm, bc = conv_cfg.meta["BLOCK_M"], conv_cfg.meta["BLOCK_C"]
     tiles, cblocks = triton.cdiv(hw, bm), triton.cdiv(c_out, bc)
     f32 = dict(device=x.device, dtype=torch.float32)
