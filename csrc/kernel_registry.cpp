@@ -5,8 +5,11 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <map>
+#include <mutex>
 #include <set>
 #include <string>
+#include <unordered_map>
 
 namespace fusedconv {
 namespace {
@@ -41,6 +44,8 @@ int forced_ptx_arch() {
   return arch;
 }
 
+ImageSet choose_image_set_uncached(int device_arch);
+
 }  // namespace
 
 std::string describe_build() {
@@ -49,6 +54,23 @@ std::string describe_build() {
 }
 
 ImageSet choose_image_set(int device_arch) {
+  // Called on every launch: the answer per arch never changes within a process.
+  static std::mutex mutex;
+  static std::map<int, ImageSet> chosen;
+  {
+    std::lock_guard<std::mutex> lock(mutex);
+    auto it = chosen.find(device_arch);
+    if (it != chosen.end()) return it->second;
+  }
+  const ImageSet set = choose_image_set_uncached(device_arch);
+  std::lock_guard<std::mutex> lock(mutex);
+  chosen.emplace(device_arch, set);
+  return set;
+}
+
+namespace {
+
+ImageSet choose_image_set_uncached(int device_arch) {
   const int forced = forced_ptx_arch();
   if (forced != 0) {
     TORCH_CHECK(archs_with(ImageFormat::kPtx).count(forced),
@@ -72,15 +94,26 @@ ImageSet choose_image_set(int device_arch) {
               ". Rebuild with FUSEDCONV_ARCHS including ", str(static_cast<int64_t>(device_arch)), ".");
 }
 
+}  // namespace
+
 const KernelImage& find_image(const ImageSet& set, const char* kernel, const char* dtype,
                               const char* mode, const char* config) {
-  for (size_t i = 0; i < kNumKernelImages; ++i) {
-    const KernelImage& k = kKernelImages[i];
-    if (k.arch == set.arch && k.format == set.format && !std::strcmp(k.kernel, kernel) &&
-        !std::strcmp(k.dtype, dtype) && !std::strcmp(k.mode, mode) && !std::strcmp(k.config, config)) {
-      return k;
+  auto key = [](int arch, ImageFormat format, const char* kernel, const char* dtype, const char* mode,
+                const char* config) {
+    return std::to_string(arch) + (format == ImageFormat::kPtx ? "p|" : "c|") + kernel + "|" + dtype +
+           "|" + mode + "|" + config;
+  };
+  // Built once (C++ guarantees a thread-safe initialisation): launches look images up by name.
+  static const std::unordered_map<std::string, const KernelImage*> index = [&] {
+    std::unordered_map<std::string, const KernelImage*> m;
+    for (size_t i = 0; i < kNumKernelImages; ++i) {
+      const KernelImage& k = kKernelImages[i];
+      m.emplace(key(k.arch, k.format, k.kernel, k.dtype, k.mode, k.config), &k);
     }
-  }
+    return m;
+  }();
+  auto it = index.find(key(set.arch, set.format, kernel, dtype, mode, config));
+  if (it != index.end()) return *it->second;
   TORCH_CHECK(false, "fusedconv: this build has no ", kernel, " kernel for dtype ", dtype, ", mode ",
               mode, ", config ", config, " on sm_", str(static_cast<int64_t>(set.arch)),
               set.format == ImageFormat::kPtx ? " (PTX)" : " (cubin)");
