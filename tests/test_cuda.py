@@ -189,3 +189,23 @@ def test_autotune_never_runs_during_graph_capture(tmp_path):
     shape_key = str(list(x.shape))
     assert not [e for e in fusedconv.autotune_entries() if shape_key in e[0]], "tuned during capture"
     assert not cache.exists()
+
+
+@pytest.mark.parametrize("special", ["inf", "nan"])
+def test_non_finite_inputs_match_the_reference(special):
+    """+-inf stays finite through sigmoid (as in the reference); NaN poisons its (sample,
+    group) through the statistics, as in the reference. Both algorithms."""
+    case = Case(n=2, c_in=3, c_out=8, h=20, w=20, groups=4)
+    ref = reference_model(case)
+    with torch.no_grad():
+        ref.conv.weight.abs_()  # one sign per channel, so the conv holds no inf - inf
+    model = fused_model(case, ref).cuda()
+    x = random_input(case)
+    x[0, 0, 5, 5] = float(special)
+    x[1, 2, 10, 3] = -float(special)
+    with torch.no_grad():
+        exp = ref.double()(x.double())
+        for algorithm in fusedconv.ALGORITHMS:
+            with fusedconv.forced_algorithm(algorithm):
+                out = model(x.cuda())
+            torch.testing.assert_close(out.cpu().double(), exp, atol=1e-4, rtol=1e-4, equal_nan=True)

@@ -153,3 +153,48 @@ def test_group_stats_tiny_variance_next_to_a_large_mean():
     var = vals.var(unbiased=False).item()
     assert abs(stats[0, 0, 0].item() - vals.mean().item()) < 1e-3
     assert stats[0, 0, 1].item() == pytest.approx(var ** -0.5, rel=1e-3)
+
+
+@pytest.mark.parametrize("special", ["inf", "nan"])
+@pytest.mark.parametrize("precision", ["ieee", "tf32x3_split", "tf32"])
+def test_non_finite_inputs_match_the_reference(precision, special):
+    """x = +-inf makes the conv +-inf, and sigmoid maps that to 0 or 1: the reference stays
+    finite, and a precision split that computes inf - inf would make the group NaN. A NaN
+    makes its whole (sample, group) NaN through the statistics, in the reference too."""
+    case = Case(n=1, c_in=2, c_out=4, h=9, w=9, groups=2)
+    ref = reference_model(case)
+    model = fused_model(case, ref)
+    with torch.no_grad():  # one sign per channel's weights, so no inf - inf inside the conv
+        model.conv.weight.abs_()
+        ref.conv.weight.copy_(model.conv.weight)
+    x = random_input(case)
+    x[0, 0, 4, 4] = float(special)
+    x[0, 1, 1, 7] = -float(special)
+    with torch.no_grad():
+        exp = ref.double()(x.double())
+    assert torch.isfinite(exp).all() == (special == "inf")
+    out = run_conv_only(model, x, case, precision)
+    torch.testing.assert_close(out, exp.float(), atol=1e-4, rtol=1e-4, equal_nan=True)
+
+
+def run_conv_only(model, x, case, precision):
+    """The materialize pipeline for fp32 at one config (the inputs are what matters here)."""
+    conv, gn = model.conv, model.group_norm
+    w = conv.weight.detach().reshape(case.c_out, -1).contiguous()
+    cfg = V.CONV_CONFIGS[-1]
+    h_out, w_out = case.h - case.kernel[0] + 1, case.w - case.kernel[1] + 1
+    hw, bm, g = h_out * w_out, cfg.meta["BLOCK_M"], case.groups
+    tiles, cblocks = -(-hw // bm), -(-case.c_out // cfg.meta["BLOCK_C"])
+    part = [torch.full((case.n, case.c_out, tiles), float("nan")) for _ in range(2)]
+    stats = torch.full((case.n, g, 2), float("nan"))
+    y = torch.full((case.n, case.c_out, h_out, w_out), float("nan"))
+    p = lambda t: t.detach().reshape(-1)  # noqa: E731
+    K.conv_stats_kernel[(case.n * tiles * cblocks,)](
+        x, w, p(conv.bias), p(model.bias), p(model.scale), *part, y,
+        case.c_out, case.h, case.w, w_out, hw, *case.kernel, w.shape[1], *x.stride(), 1, 1, 0, 0, 1, 1,
+        tiles, cblocks, 1, STORE_V=True, PRECISION=precision, **cfg.meta)
+    K.group_stats_kernel[(case.n * g,)](*part, stats, case.c_out // g, hw, tiles, bm, gn.eps, BLOCK=64)
+    blocks = -(-hw // 256)
+    K.group_norm_apply_kernel[(case.n * case.c_out * blocks,)](
+        y, stats, p(gn.weight), p(gn.bias), y, case.c_out, hw, g, case.c_out // g, blocks, 1, 1, BLOCK=256)
+    return y

@@ -40,7 +40,11 @@ def _tf32_split(v):
     """v = hi + lo with hi holding TF32's 10 mantissa bits (truncated, so no rounding logic)
     and lo the exact fp32 remainder; the tensor cores read lo's top bits in turn."""
     hi = (v.to(tl.int32, bitcast=True) & -8192).to(tl.float32, bitcast=True)  # -8192 = 0xFFFFE000
-    return hi, v - hi
+    # For v = +-inf, lo = inf - inf = NaN where the reference has +-inf: drop it (hi holds the
+    # inf, and a NaN v stays NaN in hi unless its payload sits only in the 13 dropped bits,
+    # which no NaN that torch produces does).
+    lo = v - hi
+    return hi, tl.where(lo == lo, lo, 0.0)
 
 
 @triton.jit
