@@ -1,24 +1,9 @@
 """Times every algorithm x conv block config the build carries on a few shapes (device
 events, median), for choosing the heuristic's defaults. Usage: python build_scripts/sweep_configs.py"""
-import statistics
-
 import torch
 
 import fusedconv
-
-
-def median_ms(fn, reps=10):
-    fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b))
-    return statistics.median(times)
+from fusedconv.bench import time_ms
 
 
 shapes = [("bench", 128, 8, 32, 256, 3, 8, 0), ("unet64", 8, 64, 64, 128, 3, 32, 1),
@@ -34,7 +19,7 @@ for name, n, cin, cout, size, k, g, pad in shapes:
             for algo in fusedconv.ALGORITHMS:
                 for cfg in fusedconv.conv_configs():
                     with fusedconv.forced_config(cfg), fusedconv.forced_algorithm(algo):
-                        row.append(f"{algo[:4]}/{cfg} {median_ms(lambda: m(x)):.3f}")
-            row.append(f"default {median_ms(lambda: m(x)):.3f}")
+                        row.append(f"{algo[:4]}/{cfg} {time_ms(m, [x], reps=10):.3f}")
+            row.append(f"default {time_ms(m, [x], reps=10):.3f}")
         print(f"{name:7s} {dt} {prec:8s} " + "  ".join(row), flush=True)
 torch.set_float32_matmul_precision("highest")

@@ -90,3 +90,12 @@ def test_autotune_switch_leaves_the_cpu_path_alone(tmp_path):
         finally:
             fusedconv.autotune(False)
     assert not (tmp_path / "t.tsv").exists()
+
+
+def test_overrides_reject_unknown_names():
+    """The tuning hooks name what they accept instead of silently keeping a typo."""
+    with pytest.raises(ValueError, match="no conv config named 'm99_c99'"):
+        torch.ops.fusedconv._set_config("m99_c99")
+    with pytest.raises(ValueError, match="algorithm must be 'materialize', 'recompute'"):
+        torch.ops.fusedconv._set_algorithm("fastest")
+    assert torch.ops.fusedconv._get_config() == "" and torch.ops.fusedconv._get_algorithm() == ""
