@@ -32,8 +32,6 @@ State& state() {
   return s;
 }
 
-const char* algorithm_name(bool materialize) { return materialize ? "materialize" : "recompute"; }
-
 // Caller holds the mutex. Lines that do not parse are ignored: the file is a cache.
 void read_file_once(State& s) {
   if (s.file_read || s.file.empty()) return;
@@ -44,8 +42,8 @@ void read_file_once(State& s) {
     std::istringstream fields(line);
     std::string key, config, algorithm;
     if (std::getline(fields, key, '\t') && std::getline(fields, config, '\t') &&
-        std::getline(fields, algorithm) && (algorithm == "materialize" || algorithm == "recompute")) {
-      s.cache[key] = {config, algorithm == "materialize"};
+        std::getline(fields, algorithm) && is_algorithm(algorithm)) {
+      s.cache[key] = {algorithm, config};
     }
   }
 }
@@ -73,6 +71,10 @@ float time_once(const std::function<void(const Choice&)>& run, const Choice& c, 
 }
 
 }  // namespace
+
+bool is_algorithm(const std::string& name) {
+  return name == "materialize" || name == "recompute" || name == "resident";
+}
 
 void set_autotune(bool enabled, const std::string& cache_file) {
   State& s = state();
@@ -118,7 +120,7 @@ bool autotuned_choice(const std::string& key, const std::vector<Choice>& candida
   s.cache[key] = best;
   if (!s.file.empty()) {
     std::ofstream out(s.file, std::ios::app);
-    out << key << '\t' << best.config << '\t' << algorithm_name(best.materialize) << '\n';
+    out << key << '\t' << best.config << '\t' << best.algorithm << '\n';
   }
   *choice = best;
   return true;
@@ -129,7 +131,7 @@ std::string autotune_entries() {
   std::lock_guard<std::mutex> lock(s.mutex);
   read_file_once(s);
   std::string out;
-  for (const auto& [key, c] : s.cache) out += key + '\t' + c.config + '\t' + algorithm_name(c.materialize) + '\n';
+  for (const auto& [key, c] : s.cache) out += key + '\t' + c.config + '\t' + c.algorithm + '\n';
   return out;
 }
 

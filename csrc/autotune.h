@@ -1,5 +1,5 @@
-// Opt-in on-device autotuning over the AOT variants: each candidate (block config x
-// algorithm) is timed once per shape key; the fastest is kept in memory and, optionally, in a
+// Opt-in on-device autotuning over the AOT variants: each candidate (algorithm x block
+// config) is timed once per shape key; the fastest is kept in memory and, optionally, in a
 // file that later processes read. Never during CUDA graph capture.
 #pragma once
 
@@ -12,9 +12,11 @@
 namespace fusedconv {
 
 struct Choice {
-  std::string config;  // conv block config name
-  bool materialize;    // algorithm: materialize or recompute
+  std::string algorithm;  // "materialize", "recompute" or "resident"
+  std::string config;     // the algorithm's block config name (variants.py)
 };
+
+bool is_algorithm(const std::string& name);
 
 // Enabled by FUSEDCONV_AUTOTUNE=1 or set_autotune(true); the file from FUSEDCONV_AUTOTUNE_CACHE
 // or set_autotune's argument ("" for memory only).

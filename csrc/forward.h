@@ -19,11 +19,12 @@ at::Tensor forward_cpu(FUSEDCONV_FORWARD_PARAMS);
 at::Tensor forward_cuda(FUSEDCONV_FORWARD_PARAMS);
 at::Tensor forward_meta(FUSEDCONV_FORWARD_PARAMS);
 
-// Test and tuning hook: force one conv block config by name ("" restores the heuristic).
+// Test and tuning hook: force one block config by name, a conv config (m*) or a resident one
+// (r*, which also selects the resident algorithm); "" restores the heuristic.
 void set_forced_config(const std::string& config);
 std::string forced_config();
 
-// Test and tuning hook: "materialize" or "recompute" ("" restores the default).
+// Test and tuning hook: "materialize", "recompute" or "resident" ("" restores the default).
 void set_forced_algorithm(const std::string& algorithm);
 std::string forced_algorithm();
 

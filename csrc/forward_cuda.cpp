@@ -48,23 +48,58 @@ const char* precision_mode(at::ScalarType t) {
 // Block config heuristic, from the config sweeps on the H200 (docs/performance.md, v4, v5):
 // the channel tile follows C_out, because each channel block redoes the whole x gather;
 // 64 positions and 4 warps per program won (or came within a few percent) everywhere.
-std::string conv_config(int64_t c_out) {
-  {
-    std::lock_guard<std::mutex> lock(g_config_mutex);
-    if (!g_forced_config.empty()) return g_forced_config;
-  }
+std::string conv_config_heuristic(int64_t c_out) {
   if (c_out <= 16) return "m64_c16";
   if (c_out >= 64) return "m64_c64";
   return "m64_c32";
 }
 
-// "materialize" (conv once, stores fp32 values, normalizes them in a memory-bound pass) or
-// "recompute" (conv twice, y written once). With the conv kernels spending ~2.5 ms a pass at
-// the benchmark shape against ~0.55 ms for the extra bytes (H200), materializing wins;
-// recompute wins once a conv pass costs less than moving y twice more (docs/performance.md).
-bool materialize() {
+std::string conv_config(int64_t c_out) {
+  {
+    std::lock_guard<std::mutex> lock(g_config_mutex);
+    if (!g_forced_config.empty()) return g_forced_config;
+  }
+  return conv_config_heuristic(c_out);
+}
+
+// Three algorithms. "resident" (one launch, one program per (sample, group) holding the whole
+// group in registers) when the group fits a resident config and the problem is small enough
+// that launches and latency, not arithmetic, set its time. Otherwise "materialize" (conv once,
+// stores fp32 values, normalizes them in a memory-bound pass) or "recompute" (conv twice, y
+// written once): with the conv kernels spending ~2 ms a pass at the benchmark shape against
+// ~0.55 ms for the extra bytes (H200), materializing wins; recompute wins once a conv pass
+// costs less than moving y twice more (docs/performance.md).
+std::string forced_algorithm_now() {
   std::lock_guard<std::mutex> lock(g_config_mutex);
-  return g_forced_algorithm != "recompute";
+  return g_forced_algorithm;
+}
+
+// The resident kernel runs one program per (sample, group) at FP32-unit speed: it beats the
+// tiled algorithms' three launches while its programs fit about one wave and its arithmetic is
+// small (H200: 1x8x32x32 -> 32 takes 1 launch instead of 3; at batch 128 the tiled
+// kernels win 2x; docs/performance.md).
+constexpr int64_t kResidentMaxPrograms = 256;
+constexpr int64_t kResidentMaxMacs = int64_t{1} << 26;
+
+// The resident config of this name, the smallest one that holds a whole group (name ""), or
+// nullptr. Scans the image table directly: this runs on every call.
+const KernelImage* resident_image(const ImageSet& set, const char* dtype, const std::string& name,
+                                  int64_t channels_per_group, int64_t hw_out) {
+  const KernelImage* best = nullptr;
+  for (size_t i = 0; i < kNumKernelImages; ++i) {
+    const KernelImage& k = kKernelImages[i];
+    if (k.arch != set.arch || k.format != set.format || std::strcmp(k.kernel, "conv_resident") ||
+        std::strcmp(k.dtype, dtype)) {
+      continue;
+    }
+    if (!name.empty()) {
+      if (name == k.config) return &k;
+    } else if (k.block_c >= channels_per_group && k.block_m >= hw_out &&
+               (!best || int64_t{k.block_m} * k.block_c < int64_t{best->block_m} * best->block_c)) {
+      best = &k;
+    }
+  }
+  return best;
 }
 
 bool overridden() {
@@ -123,7 +158,9 @@ void set_forced_config(const std::string& config) {
   if (!config.empty()) {
     bool known = false;
     for (size_t i = 0; i < kNumKernelImages; ++i) {
-      known |= !std::strcmp(kKernelImages[i].kernel, "conv_stats") && config == kKernelImages[i].config;
+      known |= (!std::strcmp(kKernelImages[i].kernel, "conv_stats") ||
+                !std::strcmp(kKernelImages[i].kernel, "conv_resident")) &&
+               config == kKernelImages[i].config;
     }
     TORCH_CHECK_VALUE(known, "fusedconv: no conv config named '", config, "' in this build");
   }
@@ -137,9 +174,9 @@ std::string forced_config() {
 }
 
 void set_forced_algorithm(const std::string& algorithm) {
-  TORCH_CHECK_VALUE(algorithm.empty() || algorithm == "materialize" || algorithm == "recompute",
-                    "fusedconv: algorithm must be 'materialize', 'recompute' or '' (the default), got '",
-                    algorithm, "'");
+  TORCH_CHECK_VALUE(algorithm.empty() || is_algorithm(algorithm),
+                    "fusedconv: algorithm must be 'materialize', 'recompute', 'resident' or '' (the "
+                    "default), got '", algorithm, "'");
   std::lock_guard<std::mutex> lock(g_config_mutex);
   g_forced_algorithm = algorithm;
 }
@@ -190,9 +227,44 @@ at::Tensor forward_cuda(FUSEDCONV_FORWARD_PARAMS) {
   CUstream s = static_cast<CUstream>(stream.native_handle());
 
   // Everything from here depends on the chosen variant, which autotuning may try in turn.
+  const int64_t channels_per_group = c_out / num_groups;
+  CUdeviceptr no_scratch = 0;  // Triton's global and profile scratch: the build asserts size 0
+  int32_t a_c_out = i32(c_out, "C_out"), a_h = i32(h, "H"), a_w = i32(w, "W");
+  int32_t a_w_out = i32(w_out, "W_out"), a_hw_out = i32(hw_out, "H_out * W_out");
+  int32_t a_kh = i32(kh, "KH"), a_kw = i32(kw, "KW"), a_k_total = i32(k_total, "C_in * KH * KW");
+  int64_t a_sxn = x.stride(0);
+  int32_t a_sxc = i32(x.stride(1), "x.stride(1)"), a_sxh = i32(x.stride(2), "x.stride(2)");
+  int32_t a_sxw = i32(x.stride(3), "x.stride(3)");
+  int32_t a_sh = i32(g.stride[0], "stride"), a_sw = i32(g.stride[1], "stride");
+  int32_t a_ph = i32(g.padding[0], "padding"), a_pw = i32(g.padding[1], "padding");
+  int32_t a_dh = i32(g.dilation[0], "dilation"), a_dw = i32(g.dilation[1], "dilation");
+  int32_t a_has_cb = conv_bias.has_value(), a_has_gw = gn_weight.has_value(), a_has_gb = gn_bias.has_value();
+  int32_t a_groups = i32(num_groups, "num_groups"), a_cpg = i32(channels_per_group, "C_out / num_groups");
+  float a_eps = static_cast<float>(eps);
+  const at::Tensor w_c = flat_contiguous(weight), bias_c = flat_contiguous(bias), scale_c = flat_contiguous(scale);
+  const at::Tensor cb_c = conv_bias ? flat_contiguous(*conv_bias) : bias_c;
+  const at::Tensor gw_c = gn_weight ? flat_contiguous(*gn_weight) : bias_c;
+  const at::Tensor gb_c = gn_bias ? flat_contiguous(*gn_bias) : bias_c;
+  CUdeviceptr x_p = ptr(x), w_p = ptr(w_c), cb_p = ptr(cb_c), b_p = ptr(bias_c), s_p = ptr(scale_c);
+  CUdeviceptr gw_p = ptr(gw_c), gb_p = ptr(gb_c), y_p = ptr(y);
+
   auto run = [&](const Choice& choice) {
     const std::string& config = choice.config;
-    const bool store_v = choice.materialize;
+    if (choice.algorithm == "resident") {
+      const Kernel k = load(device, find_image(set, "conv_resident", dtype, "any", config.c_str()));
+      TORCH_CHECK_VALUE(k.image->block_c >= channels_per_group && k.image->block_m >= hw_out,
+                        "fusedconv.forward: resident config ", config, " holds ", str(int64_t{k.image->block_c}),
+                        " channels x ", str(int64_t{k.image->block_m}), " positions per group, but a group here has ",
+                        str(channels_per_group), " x ", str(hw_out));
+      void* args[] = {&x_p, &w_p, &cb_p, &b_p, &s_p, &gw_p, &gb_p, &y_p,
+                      &a_c_out, &a_h, &a_w, &a_w_out, &a_hw_out, &a_kh, &a_kw, &a_k_total,
+                      &a_sxn, &a_sxc, &a_sxh, &a_sxw, &a_sh, &a_sw, &a_ph, &a_pw, &a_dh, &a_dw,
+                      &a_has_cb, &a_groups, &a_cpg, &a_has_gw, &a_has_gb, &a_eps, &no_scratch, &no_scratch};
+      TORCH_CHECK_VALUE(n * num_groups <= INT_MAX, "fusedconv.forward: too many (sample, group) pairs");
+      launch(k, n * num_groups, args, s);
+      return;
+    }
+    const bool store_v = choice.algorithm == "materialize";
     const Kernel stats_k = load(device, find_image(set, store_v ? "conv_stats_store" : "conv_stats",
                                                    dtype, mode, config.c_str()));
 
@@ -202,7 +274,6 @@ at::Tensor forward_cuda(FUSEDCONV_FORWARD_PARAMS) {
     const int64_t grid = n * num_p_tiles * num_c_blocks;
     TORCH_CHECK_VALUE(grid <= INT_MAX, "fusedconv.forward: the input needs ", str(grid),
                       " thread blocks, more than one launch allows; split the batch");
-    const int64_t channels_per_group = c_out / num_groups;
     const int64_t group_run = channels_per_group * num_p_tiles;
     const Kernel group_k = load(device, find_image(set, "group_stats", "fp32", "any",
                                                    group_run >= 512 ? "b256" : "b64"));
@@ -218,28 +289,8 @@ at::Tensor forward_cuda(FUSEDCONV_FORWARD_PARAMS) {
     CUdeviceptr stats = part_m2 + n_part * sizeof(float);
     CUdeviceptr values = !store_v ? 0 : n_values ? stats + 2 * n * num_groups * sizeof(float) : ptr(y);
 
-    const at::Tensor w_c = flat_contiguous(weight), bias_c = flat_contiguous(bias), scale_c = flat_contiguous(scale);
-    const at::Tensor cb_c = conv_bias ? flat_contiguous(*conv_bias) : bias_c;
-    const at::Tensor gw_c = gn_weight ? flat_contiguous(*gn_weight) : bias_c;
-    const at::Tensor gb_c = gn_bias ? flat_contiguous(*gn_bias) : bias_c;
-    CUdeviceptr x_p = ptr(x), w_p = ptr(w_c), cb_p = ptr(cb_c), b_p = ptr(bias_c), s_p = ptr(scale_c);
-    CUdeviceptr gw_p = ptr(gw_c), gb_p = ptr(gb_c), y_p = ptr(y);
-    CUdeviceptr no_scratch = 0;  // Triton's global and profile scratch: the build asserts size 0
-
-    int32_t a_c_out = i32(c_out, "C_out"), a_h = i32(h, "H"), a_w = i32(w, "W");
-    int32_t a_w_out = i32(w_out, "W_out"), a_hw_out = i32(hw_out, "H_out * W_out");
-    int32_t a_kh = i32(kh, "KH"), a_kw = i32(kw, "KW"), a_k_total = i32(k_total, "C_in * KH * KW");
-    int64_t a_sxn = x.stride(0);
-    int32_t a_sxc = i32(x.stride(1), "x.stride(1)"), a_sxh = i32(x.stride(2), "x.stride(2)");
-    int32_t a_sxw = i32(x.stride(3), "x.stride(3)");
-    int32_t a_sh = i32(g.stride[0], "stride"), a_sw = i32(g.stride[1], "stride");
-    int32_t a_ph = i32(g.padding[0], "padding"), a_pw = i32(g.padding[1], "padding");
-    int32_t a_dh = i32(g.dilation[0], "dilation"), a_dw = i32(g.dilation[1], "dilation");
     int32_t a_tiles = i32(num_p_tiles, "tiles"), a_cblocks = i32(num_c_blocks, "channel blocks");
-    int32_t a_has_cb = conv_bias.has_value(), a_has_gw = gn_weight.has_value(), a_has_gb = gn_bias.has_value();
-    int32_t a_groups = i32(num_groups, "num_groups"), a_cpg = i32(channels_per_group, "C_out / num_groups");
     int32_t a_block_m = i32(block_m, "BLOCK_M");
-    float a_eps = static_cast<float>(eps);
 
     // Argument order is the kernels' parameter order in triton_kernels/conv_sigmoid_groupnorm.py.
     void* stats_args[] = {&x_p, &w_p, &cb_p, &b_p, &s_p, &part_mean, &part_m2, &values,
@@ -272,13 +323,34 @@ at::Tensor forward_cuda(FUSEDCONV_FORWARD_PARAMS) {
     }
   };
 
-  Choice choice{conv_config(c_out), materialize()};
+  // The default: resident for small problems it fits, else materialize with the heuristic's
+  // config. A forced config or algorithm overrides its part; a forced resident that cannot
+  // hold a group is an error, not a silent fallback.
+  const KernelImage* resident = resident_image(set, dtype, "", channels_per_group, hw_out);
+  const std::string forced = forced_algorithm_now();
+  const std::string config = conv_config(c_out);  // the forced config, if any
+  const bool config_is_resident = config != conv_config_heuristic(c_out) &&
+                                  resident_image(set, dtype, config, 0, 0) != nullptr;
+  Choice choice{"materialize", config};
+  if (forced == "resident" || (forced.empty() && config_is_resident)) {
+    TORCH_CHECK_VALUE(config_is_resident || resident, "fusedconv.forward: the resident algorithm needs a group "
+                      "that fits one of this build's resident configs (BLOCK_C channels x BLOCK_M positions, "
+                      "see `python -m fusedconv info`); here a group has ", str(channels_per_group),
+                      " channels x ", str(hw_out), " positions");
+    choice = {"resident", config_is_resident ? config : resident->config};
+  } else if (!forced.empty()) {
+    choice.algorithm = forced;
+  } else if (resident && n * num_groups <= kResidentMaxPrograms &&
+             n * c_out * hw_out * k_total <= kResidentMaxMacs) {
+    choice = {"resident", resident->config};
+  }
   if (autotune_enabled() && !overridden()) {
     std::vector<Choice> candidates;
-    for (const std::string& config : conv_config_names(set, dtype, mode)) {
-      candidates.push_back({config, true});
-      candidates.push_back({config, false});
+    for (const std::string& name : config_names(set, "conv_stats", dtype, mode)) {
+      candidates.push_back({"materialize", name});
+      candidates.push_back({"recompute", name});
     }
+    if (resident) candidates.push_back({"resident", resident->config});
     const std::string key = device_images(device) + "|" + dtype + "|" + mode + "|" + str(x.sizes()) +
                             "|" + str(weight.sizes()) + "|" + str(at::IntArrayRef(g.stride, 2)) + "|" +
                             str(at::IntArrayRef(g.padding, 2)) + "|" + str(at::IntArrayRef(g.dilation, 2)) +

@@ -119,11 +119,12 @@ const KernelImage& find_image(const ImageSet& set, const char* kernel, const cha
               set.format == ImageFormat::kPtx ? " (PTX)" : " (cubin)");
 }
 
-std::vector<std::string> conv_config_names(const ImageSet& set, const char* dtype, const char* mode) {
+std::vector<std::string> config_names(const ImageSet& set, const char* kernel, const char* dtype,
+                                      const char* mode) {
   std::vector<std::string> names;
   for (size_t i = 0; i < kNumKernelImages; ++i) {
     const KernelImage& k = kKernelImages[i];
-    if (k.arch == set.arch && k.format == set.format && !std::strcmp(k.kernel, "conv_stats") &&
+    if (k.arch == set.arch && k.format == set.format && !std::strcmp(k.kernel, kernel) &&
         !std::strcmp(k.dtype, dtype) && !std::strcmp(k.mode, mode)) {
       names.emplace_back(k.config);
     }

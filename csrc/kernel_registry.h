@@ -11,7 +11,7 @@ namespace fusedconv {
 enum class ImageFormat { kCubin, kPtx };
 
 struct KernelImage {
-  const char* kernel;    // "conv_stats" | "group_stats" | "conv_norm"
+  const char* kernel;    // a key of variants.KERNELS: "conv_stats", "group_stats", ...
   const char* dtype;     // "fp32" | "fp16" | "bf16" (group_stats: "fp32")
   const char* mode;      // "accurate" | "tf32" | "native" (group_stats: "any")
   const char* config;    // block config name, see triton_kernels/variants.py
@@ -47,8 +47,9 @@ ImageSet choose_image_set(int device_arch);
 const KernelImage& find_image(const ImageSet& set, const char* kernel, const char* dtype,
                               const char* mode, const char* config);
 
-// The conv block configs the build carries for one set, dtype and mode.
-std::vector<std::string> conv_config_names(const ImageSet& set, const char* dtype, const char* mode);
+// The block configs the build carries for one kernel, set, dtype and mode.
+std::vector<std::string> config_names(const ImageSet& set, const char* kernel, const char* dtype,
+                                      const char* mode);
 
 std::string describe_build();  // "cubins for sm_89, sm_90; PTX for sm_89"
 

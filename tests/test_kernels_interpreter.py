@@ -198,3 +198,40 @@ def run_conv_only(model, x, case, precision):
     K.group_norm_apply_kernel[(case.n * case.c_out * blocks,)](
         y, stats, p(gn.weight), p(gn.bias), y, case.c_out, hw, g, case.c_out // g, blocks, 1, 1, BLOCK=256)
     return y
+
+
+# Shapes that fit one resident program per (sample, group): ragged positions, padding, stride,
+# dilation, a rectangular kernel, one group with a single channel.
+RESIDENT_CASES = [
+    Case(n=2, c_in=3, c_out=8, h=11, w=13, groups=2),
+    Case(n=1, c_in=2, c_out=6, h=9, w=12, kernel=(2, 3), groups=6, stride=(2, 1), padding=(1, 2), dilation=(1, 2)),
+    Case(n=2, c_in=4, c_out=4, h=12, w=10, kernel=(1, 1), groups=1),
+]
+
+
+def run_resident(case, dtype_name, cfg):
+    dtype = TORCH_DTYPES[dtype_name]
+    ref = reference_model(case)
+    model = fused_model(case, ref).to(dtype)
+    x = random_input(case).to(dtype)
+    conv, gn = model.conv, model.group_norm
+    w = conv.weight.detach().reshape(case.c_out, -1).contiguous()
+    h_out = (case.h + 2 * case.padding[0] - case.dilation[0] * (case.kernel[0] - 1) - 1) // case.stride[0] + 1
+    w_out = (case.w + 2 * case.padding[1] - case.dilation[1] * (case.kernel[1] - 1) - 1) // case.stride[1] + 1
+    cpg = case.c_out // case.groups
+    if cpg > cfg.meta["BLOCK_C"] or h_out * w_out > cfg.meta["BLOCK_M"]:
+        pytest.skip(f"{case} does not fit {cfg.name} (the launcher never picks it)")
+    y = torch.full((case.n, case.c_out, h_out, w_out), float("nan"), dtype=dtype)
+    p = lambda t: t.detach().reshape(-1)  # noqa: E731
+    K.conv_resident_kernel[(case.n * case.groups,)](
+        x, w, p(conv.bias), p(model.bias), p(model.scale), p(gn.weight), p(gn.bias), y,
+        case.c_out, case.h, case.w, w_out, h_out * w_out, *case.kernel, w.shape[1], *x.stride(),
+        *case.stride, *case.padding, *case.dilation, 1, case.groups, cpg, 1, 1, gn.eps, **cfg.meta)
+    return assert_matches(y, expected(case, x, ref, dtype), dtype)
+
+
+@pytest.mark.parametrize("dtype", list(TORCH_DTYPES))
+@pytest.mark.parametrize("case", RESIDENT_CASES, ids=str)
+@pytest.mark.parametrize("cfg", V.RESIDENT_CONFIGS, ids=lambda c: c.name)
+def test_resident_kernel(cfg, case, dtype):
+    run_resident(case, dtype, cfg)

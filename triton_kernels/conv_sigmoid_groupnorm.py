@@ -120,6 +120,12 @@ def _conv_bias_scale_sigmoid_tile(
         else:
             acc = tl.dot(w_tile, x_tile, acc, input_precision=PRECISION)
 
+    return _bias_scale_sigmoid(acc, conv_bias_ptr, bias_ptr, scale_ptr, offs_c, c_mask, has_conv_bias)
+
+
+@triton.jit
+def _bias_scale_sigmoid(acc, conv_bias_ptr, bias_ptr, scale_ptr, offs_c, c_mask, has_conv_bias):
+    """The conv's epilogue on acc[C, M]."""
     # A missing conv bias is a masked-off load (reads nothing, yields 0): no extra variant.
     conv_bias = tl.load(conv_bias_ptr + offs_c, mask=c_mask & (has_conv_bias != 0), other=0.0)
     bias = tl.load(bias_ptr + offs_c, mask=c_mask, other=0.0)
@@ -278,3 +284,71 @@ def group_norm_apply_kernel(
     v = tl.load(v_ptr + base + offs, mask=mask, other=0.0)
     y = (v - mean) * (rstd * gamma) + beta
     tl.store(y_ptr + base + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def conv_resident_kernel(
+    x_ptr,          # [N, C_in, H, W], strided
+    w_ptr,          # [C_out, C_in*KH*KW], contiguous
+    conv_bias_ptr,  # [C_out]; read only if has_conv_bias
+    bias_ptr,       # [C_out]
+    scale_ptr,      # [C_out]
+    gn_weight_ptr,  # [C_out]; read only if has_gn_weight
+    gn_bias_ptr,    # [C_out]; read only if has_gn_bias
+    y_ptr,          # [N, C_out, H_out*W_out], contiguous, out
+    C_out, H, W, W_out, HW_out, KH, KW, K_total,
+    stride_xn, stride_xc, stride_xh, stride_xw,
+    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+    has_conv_bias, num_groups, channels_per_group, has_gn_weight, has_gn_bias, eps,
+    BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, UNROLL: tl.constexpr,
+):
+    """The whole op in one launch for small images: one program per (sample, group) holds all
+    of the group's values (channels_per_group <= BLOCK_C, H_out*W_out <= BLOCK_M) in
+    registers, so statistics and normalization need no second pass, no workspace and no other
+    launch. Small problems are bound by launches and latency, not arithmetic: the conv is
+    exact FP32 outer products, one k at a time (tl.dot's FMA path held whole K slices per
+    thread and spilled), unrolled so that several k's loads are in flight at once."""
+    pid = tl.program_id(0)
+    n = pid // num_groups
+    group = pid % num_groups
+    offs_p = tl.arange(0, BLOCK_M)
+    in_group = tl.arange(0, BLOCK_C)
+    offs_c = group * channels_per_group + in_group
+    p_mask = offs_p < HW_out
+    c_mask = in_group < channels_per_group
+    oh = offs_p // W_out
+    ow = offs_p % W_out
+    ih0 = oh * stride_h - pad_h
+    iw0 = ow * stride_w - pad_w
+    pos = x_ptr + n.to(tl.int64) * stride_xn + ih0 * stride_xh + iw0 * stride_xw
+    FAR: tl.constexpr = -(1 << 29)  # as in _conv_bias_scale_sigmoid_tile: fails the row test
+    ih0 = tl.where(p_mask, ih0, FAR)
+    inv_khw = 1.0 / (KH * KW).to(tl.float32)
+    inv_kw = 1.0 / KW.to(tl.float32)
+    w_rows = w_ptr + offs_c * K_total
+    acc = tl.zeros((BLOCK_C, BLOCK_M), dtype=tl.float32)
+    for k in tl.range(0, K_total, loop_unroll_factor=UNROLL):
+        # Same exact reciprocal decode as the tile function (K_total < 2^20).
+        ci = ((k * 1.0 + 0.5) * inv_khw).to(tl.int32)  # k * 1.0: a plain int in the interpreter
+        khw = k - ci * (KH * KW)
+        kh = ((khw.to(tl.float32) + 0.5) * inv_kw).to(tl.int32)
+        dh = kh * dil_h
+        dw = (khw - kh * KW) * dil_w
+        x_mask = ((ih0 + dh).to(tl.uint32, bitcast=True) < H.to(tl.uint32)) & \
+                 ((iw0 + dw).to(tl.uint32, bitcast=True) < W.to(tl.uint32))
+        xv = tl.load(pos + (ci * stride_xc + dh * stride_xh + dw * stride_xw), mask=x_mask, other=0.0)
+        wv = tl.load(w_rows + k, mask=c_mask, other=0.0)
+        acc += wv.to(tl.float32)[:, None] * xv.to(tl.float32)[None, :]
+    v = _bias_scale_sigmoid(acc, conv_bias_ptr, bias_ptr, scale_ptr, offs_c, c_mask, has_conv_bias)
+    # Exact two-pass statistics over registers: mean, then squared deviations from it.
+    valid = c_mask[:, None] & p_mask[None, :]
+    count = (channels_per_group * HW_out).to(tl.float32)
+    mean = tl.sum(tl.sum(tl.where(valid, v, 0.0), axis=1), axis=0) / count
+    dev = tl.where(valid, v - mean, 0.0)
+    var = tl.sum(tl.sum(dev * dev, axis=1), axis=0) / count
+    rstd = 1.0 / tl.sqrt_rn(var + eps)
+    gamma = tl.load(gn_weight_ptr + offs_c, mask=c_mask & (has_gn_weight != 0), other=1.0).to(tl.float32)
+    beta = tl.load(gn_bias_ptr + offs_c, mask=c_mask & (has_gn_bias != 0), other=0.0).to(tl.float32)
+    y = dev * (rstd * gamma)[:, None] + beta[:, None]
+    out = (n.to(tl.int64) * C_out + offs_c[:, None]) * HW_out + offs_p[None, :]
+    tl.store(y_ptr + out, y.to(y_ptr.dtype.element_ty), mask=valid)

@@ -6,7 +6,7 @@ from typing import Optional, Sequence, Union
 import torch
 
 IntPair = Union[int, Sequence[int]]
-ALGORITHMS = ("materialize", "recompute")
+ALGORITHMS = ("materialize", "recompute", "resident")
 
 
 def forward(x: torch.Tensor, weight: torch.Tensor, conv_bias: Optional[torch.Tensor],
@@ -39,14 +39,17 @@ def _overridden(get, set_, value):
 
 
 def forced_config(name: str):
-    """Run the CUDA op with one block config (e.g. "m64_c16") instead of the heuristic's
-    choice: for tests and tuning. Process-wide, so not for concurrent use."""
+    """Run the CUDA op with one block config instead of the heuristic's choice: a conv config
+    (e.g. "m64_c16") or a resident one (e.g. "r4_m256", which implies the resident
+    algorithm). For tests and tuning; process-wide, so not for concurrent use."""
     return _overridden(torch.ops.fusedconv._get_config, torch.ops.fusedconv._set_config, name)
 
 
 def forced_algorithm(name: str):
-    """Run the CUDA op with "materialize" (conv once, normalize the stored values) or
-    "recompute" (conv twice, y written once). Process-wide, for tests and tuning."""
+    """Run the CUDA op with "materialize" (conv once, normalize the stored values),
+    "recompute" (conv twice, y written once) or "resident" (one launch, one program per
+    (sample, group) holding the whole group; ValueError where a group does not fit).
+    Process-wide, for tests and tuning."""
     return _overridden(torch.ops.fusedconv._get_algorithm, torch.ops.fusedconv._set_algorithm, name)
 
 
@@ -66,3 +69,9 @@ def autotune_entries() -> list:
 
 def conv_configs() -> list:
     return sorted({i["config"] for i in build_report()["images"] if i["kernel"] == "conv_stats"})
+
+
+def resident_configs() -> dict:
+    """{name: (channels, positions)} a resident program holds, per config."""
+    return {i["config"]: (i["block_c"], i["block_m"]) for i in build_report()["images"]
+            if i["kernel"] == "conv_resident"}

@@ -1,0 +1,70 @@
+"""Where the small problem's time goes: host wall per call through the module and through the
+bare op, against the device time per call (a CUDA graph of 100 calls, replayed, so no host
+work is counted). Usage: python build_scripts/small_probe.py [--size 32] [--batch 1]"""
+import argparse
+import time
+
+import torch
+
+import fusedconv
+
+p = argparse.ArgumentParser()
+p.add_argument("--size", type=int, default=32)
+p.add_argument("--batch", type=int, default=1)
+a = p.parse_args()
+torch.manual_seed(0)
+m = fusedconv.ModelNew(8, 32, 3, 8, (32, 1, 1), (32, 1, 1)).cuda()
+x = torch.randn(a.batch, 8, a.size, a.size, device="cuda")
+c, gn = m.conv, m.group_norm
+args = (x, c.weight, c.bias, m.bias, m.scale, gn.weight, gn.bias, 8, 1e-5, [1, 1], [0, 0], [1, 1])
+op = torch.ops.fusedconv.forward
+
+
+def wall_us(fn, calls=2000):
+    for _ in range(50):
+        fn()
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - t) / calls * 1e6
+
+
+def graph_us(fn, calls=100, replays=20):
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        fn()
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        for _ in range(calls):
+            fn()
+    g.replay()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(replays):
+        g.replay()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) * 1e3 / (calls * replays)
+
+
+with torch.no_grad():
+    print(f"small problem {a.batch}x8x{a.size}x{a.size} -> 32, fp32")
+    for algo in ("", "materialize", "recompute", "resident"):
+        with fusedconv.forced_algorithm(algo):
+            print(f"  {algo or 'default':<12} module {wall_us(lambda: m(x)):6.1f} us  op {wall_us(lambda: op(*args)):6.1f} us"
+                  f"  device (graph) {graph_us(lambda: op(*args)):6.1f} us")
+    for cfg in fusedconv.resident_configs():
+        with fusedconv.forced_config(cfg):
+            print(f"  {cfg:<12} module {wall_us(lambda: m(x)):6.1f} us  device (graph) {graph_us(lambda: op(*args)):6.1f} us")
+    print(f"  eager       {wall_us(lambda: torch.nn.functional.group_norm(torch.sigmoid((torch.nn.functional.conv2d(x, c.weight, c.bias) + m.bias) * m.scale), 8, gn.weight, gn.bias)):6.1f} us")
+    print(f"  empty op    {wall_us(lambda: torch.empty(1, 32, 30, 30, device='cuda')):6.1f} us (one at::empty)")
+    print(f"  bare op call, no tensors {wall_us(lambda: torch.ops.fusedconv._get_config()):6.1f} us")
+    x0 = x[:0]
+    args0 = (x0,) + args[1:]
+    print(f"  op with batch 0 (dispatch, validation, empty y) {wall_us(lambda: op(*args0)):6.1f} us")
+    print(f"  aten conv2d alone {wall_us(lambda: torch.nn.functional.conv2d(x, c.weight, c.bias)):6.1f} us")
