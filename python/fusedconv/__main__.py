@@ -2,6 +2,7 @@
 
     python -m fusedconv info     what this build carries: versions, archs, every variant
     python -m fusedconv bench    check against the reference, then time against PyTorch
+    python -m fusedconv export   the kernels as one standalone KernelBench-style Triton file
 """
 import argparse
 import json
@@ -36,6 +37,26 @@ def cmd_info(args):
         Path(args.json).write_text(json.dumps(r, indent=1))
 
 
+def cmd_export(args):
+    try:
+        from fusedconv import export
+    except ImportError as e:  # Triton: the exported file runs on it, and it reads the kernels
+        print(f"fusedconv export needs triton: {e}", file=sys.stderr)
+        return 1
+    if args.arch:
+        arch, why = int(args.arch[3:]), "--arch"
+    else:
+        arch, why = export.default_arch()
+    print(f"fusedconv export: sm_{arch} ({why})", file=sys.stderr)
+    text = export.render(arch)
+    if args.output == "-":
+        sys.stdout.write(text)
+    else:
+        Path(args.output).write_text(text)
+        print(f"fusedconv export: wrote {args.output}", file=sys.stderr)
+    return 0
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m fusedconv", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -63,7 +84,13 @@ def main(argv=None):
     b.add_argument("--reference", help="path to reference.py (default ../shared/reference.py)")
     b.add_argument("--json", help="write the results here")
     b.add_argument("--chart", help="write a PNG bar chart of speed-ups here")
+    e = sub.add_parser("export", help="the kernels as one standalone KernelBench-style Triton file")
+    e.add_argument("-o", "--output", default="-", metavar="FILE", help="where to write it (default -: stdout)")
+    e.add_argument("--arch", choices=("sm_89", "sm_90"),
+                   help="the precision table's arch (default: the local GPU's, else sm_89)")
     args = p.parse_args(argv)
+    if args.cmd == "export":
+        return cmd_export(args)
     if args.cmd == "info":
         return cmd_info(args) or 0
     return bench.main(args)

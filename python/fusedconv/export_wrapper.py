@@ -1,0 +1,82 @@
+"""The launch sequence of fusedconv's Triton-JIT path, in plain torch + triton: grid, buffers,
+launch order, and the KernelBench-style ModelNew.
+
+Source, not a module to import: `fusedconv.export` copies the function and class below,
+verbatim, into the standalone file after the kernels, and fusedconv.triton_jit runs that file.
+So they may use torch, nn and triton only (the file's imports), and the names set to None here,
+which the exported file defines above them: the three kernels under @triton.autotune, and
+dot_precision, rendered from variants.precisions for the file's arch.
+
+Block sizes are the autotuner's choice, so nothing here assumes one: grids are lambdas over
+META, the tile counts the kernels take as arguments come from @triton.heuristics on the same
+config (export.py, DERIVED), and group_stats_kernel reads the conv's tile size from the
+conv's best_config after the launch.
+"""
+import torch
+import torch.nn as nn
+import triton
+
+conv_stats_kernel = group_stats_kernel = group_norm_apply_kernel = dot_precision = None
+
+
+def conv_sigmoid_group_norm(x, weight, conv_bias, bias, scale, gn_weight, gn_bias, num_groups,
+                            eps=1e-5, stride=(1, 1), padding=(0, 0), dilation=(1, 1)):
+    """GroupNorm(sigmoid((conv2d(x, weight) + conv_bias + bias) * scale)) for CUDA tensors of
+    one dtype (float32, float16 or bfloat16), zero padding, conv groups 1: fusedconv's
+    materialize sequence. conv_bias, gn_weight and gn_bias may be None. Unvalidated: the
+    fusedconv op checks its arguments; this file trusts them."""
+    n, _, h, w = x.shape
+    c_out, _, kh, kw = weight.shape
+    h_out = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+    w_out = (w + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    hw, cpg = h_out * w_out, c_out // num_groups
+    precision = dot_precision(x.dtype)
+    y = torch.empty(n, c_out, h_out, w_out, device=x.device, dtype=x.dtype)
+    if y.numel() == 0:
+        return y
+    f32 = dict(device=x.device, dtype=torch.float32)
+    # fp32 values are normalized in place (group_norm_apply_kernel's autotuner restores y
+    # between its timing runs); half inputs need an fp32 buffer of their own.
+    values = y if x.dtype == torch.float32 else torch.empty(n, c_out, hw, **f32)
+    # The partials' layout, [N, C_out, tiles], follows the BLOCK_M the autotuner will pick:
+    # size them for the candidate with the most tiles; the kernels index them flat.
+    max_tiles = max(triton.cdiv(hw, c.kwargs["BLOCK_M"]) for c in conv_stats_kernel.configs)
+    part_mean = torch.empty(n * c_out * max_tiles, **f32)
+    part_m2 = torch.empty_like(part_mean)
+    stats = torch.empty(n, num_groups, 2, **f32)
+    wk = weight.reshape(c_out, -1).contiguous()
+    has_conv_bias = conv_bias is not None
+    conv_bias = (conv_bias if has_conv_bias else bias).reshape(-1).contiguous()
+    conv_stats_kernel[lambda META: (n * triton.cdiv(hw, META["BLOCK_M"]) * triton.cdiv(c_out, META["BLOCK_C"]),)](
+        x, wk, conv_bias, bias.reshape(-1).contiguous(), scale.reshape(-1).contiguous(),
+        part_mean, part_m2, values,
+        c_out, h, w, w_out, hw, kh, kw, wk.shape[1], *x.stride(), *stride, *padding, *dilation,
+        has_conv_bias=int(has_conv_bias), PRECISION=precision, STORE_V=True)
+    tile_m = conv_stats_kernel.best_config.kwargs["BLOCK_M"]  # the config that just ran
+    group_stats_kernel[(n * num_groups,)](part_mean, part_m2, stats, cpg, hw, triton.cdiv(hw, tile_m), tile_m, eps)
+    # A missing affine parameter is a masked-off load: any tensor serves as its pointer.
+    gamma = (gn_weight if gn_weight is not None else bias).reshape(-1).contiguous()
+    beta = (gn_bias if gn_bias is not None else bias).reshape(-1).contiguous()
+    group_norm_apply_kernel[lambda META: (n * c_out * triton.cdiv(hw, META["BLOCK"]),)](
+        values, stats, gamma, beta, y, c_out, hw, num_groups, cpg,
+        has_gn_weight=int(gn_weight is not None), has_gn_bias=int(gn_bias is not None))
+    return y
+
+
+class ModelNew(nn.Module):
+    """The reference Model (conv -> + bias -> * scale -> sigmoid -> GroupNorm) on the kernels
+    above: the same constructor, parameters and state_dict keys, so a reference state_dict
+    loads as is. float32, float16 or bfloat16 (cast the module and the input alike); the conv's
+    stride, padding and dilation are read at each call."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, num_groups, bias_shape, scale_shape):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size)
+        self.bias = nn.Parameter(torch.randn(bias_shape))
+        self.scale = nn.Parameter(torch.randn(scale_shape))
+        self.group_norm = nn.GroupNorm(num_groups, out_channels)
+
+    def forward(self, x):
+        conv, gn = self.conv, self.group_norm
+        return conv_sigmoid_group_norm(x, conv.weight, conv.bias, self.bias, self.scale, gn.weight, gn.bias,
+                                       gn.num_groups, gn.eps, conv.stride, conv.padding, conv.dilation)
