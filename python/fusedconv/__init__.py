@@ -4,6 +4,8 @@ from . import _library
 
 _library.load()
 
+from . import autograd  # noqa: E402,F401  (registers the op's backward)
+
 from .module import FusedConvSigmoidGroupNorm, ModelNew  # noqa: E402
 from .ops import (ALGORITHMS, autotune, autotune_entries, build_report, conv_configs,  # noqa: E402
                   forced_algorithm, forced_config, forward)
