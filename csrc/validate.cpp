@@ -71,6 +71,10 @@ std::vector<c10::SymInt> check_forward_args(
   TORCH_CHECK_VALUE(x.sym_size(1) == weight.sym_size(1), "fusedconv.forward: x has C_in = ",
                     str(x.sym_size(1)), " channels but weight expects ", str(weight.sym_size(1)),
                     " (weight.shape[1]); conv groups other than 1 are not supported");
+  // ATen's conv rejects an empty image only on some paths (CPU yes, a padded CUDA launch would
+  // normalize the padding alone): reject it here, for every device alike.
+  TORCH_CHECK_VALUE(x.sym_size(2) > 0 && x.sym_size(3) > 0, "fusedconv.forward: x must have a "
+                    "non-empty image (H, W > 0), got shape ", str(x.sym_sizes()));
   TORCH_CHECK_VALUE(num_groups > 0, "fusedconv.forward: num_groups must be positive, got ", str(num_groups));
   TORCH_CHECK_VALUE(c_out % num_groups == 0, "fusedconv.forward: num_groups = ", str(num_groups),
                     " must divide C_out = ", str(c_out), " (weight.shape[0])");
