@@ -5,6 +5,7 @@
 #include <c10/util/Exception.h>
 
 #include <cmath>
+#include <limits>
 #include <string>
 
 namespace fusedconv {
@@ -78,7 +79,9 @@ std::vector<c10::SymInt> check_forward_args(
   TORCH_CHECK_VALUE(num_groups > 0, "fusedconv.forward: num_groups must be positive, got ", str(num_groups));
   TORCH_CHECK_VALUE(c_out % num_groups == 0, "fusedconv.forward: num_groups = ", str(num_groups),
                     " must divide C_out = ", str(c_out), " (weight.shape[0])");
-  TORCH_CHECK_VALUE(std::isfinite(eps) && eps >= 0, "fusedconv.forward: eps must be finite and >= 0, got ", str(eps));
+  // The CUDA kernels take eps as float32: a double past FLT_MAX would become inf there.
+  TORCH_CHECK_VALUE(std::isfinite(eps) && eps >= 0 && eps <= std::numeric_limits<float>::max(),
+                    "fusedconv.forward: eps must be finite and >= 0 (and at most float32's max), got ", str(eps));
   check_channel_param(bias, "bias", c_out, /*allow_c11=*/true);
   check_channel_param(scale, "scale", c_out, /*allow_c11=*/true);
   if (conv_bias) check_channel_param(*conv_bias, "conv_bias", c_out, /*allow_c11=*/false);

@@ -73,6 +73,7 @@ BAD = [
     ("conv_bias_dtype", lambda a: a.update(conv_bias=a["conv_bias"].bfloat16()), TypeError, "conv_bias has dtype"),
     ("gn_weight_dtype", lambda a: a.update(gn_weight=a["gn_weight"].half()), TypeError, "gn_weight has dtype"),
     ("eps_minus_inf", lambda a: a.update(eps=float("-inf")), ValueError, "eps must be finite"),
+    ("eps_past_float32", lambda a: a.update(eps=1e39), ValueError, "eps must be finite"),
     ("stride_negative", lambda a: a.update(stride=[1, -2]), ValueError, "stride must be positive"),
     ("dilation_zero", lambda a: a.update(dilation=[0, 1]), ValueError, "dilation must be positive"),
     ("padding_three_values", lambda a: a.update(padding=[0, 0, 0]), ValueError, "padding must hold 1 or 2"),

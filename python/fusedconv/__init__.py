@@ -4,7 +4,9 @@ from . import _library
 
 _library.load()
 
-from . import autograd  # noqa: E402,F401  (registers the op's backward)
+from .autograd import register as _register_autograd  # noqa: E402
+
+_register_autograd()
 
 from .module import FusedConvSigmoidGroupNorm, ModelNew  # noqa: E402
 from .ops import (ALGORITHMS, autotune, autotune_entries, build_report, conv_configs,  # noqa: E402

@@ -49,4 +49,6 @@ def _backward(ctx, grad):
     return tuple(result)
 
 
-torch.library.register_autograd("fusedconv::forward", _backward, setup_context=_setup_context)
+def register():
+    """Called once by fusedconv/__init__.py, after the op library is loaded."""
+    torch.library.register_autograd("fusedconv::forward", _backward, setup_context=_setup_context)
