@@ -5,6 +5,7 @@
 #include <c10/util/Exception.h>
 
 #include <cmath>
+#include <limits>
 #include <string>
 
 namespace fusedconv {
@@ -71,10 +72,16 @@ std::vector<c10::SymInt> check_forward_args(
   TORCH_CHECK_VALUE(x.sym_size(1) == weight.sym_size(1), "fusedconv.forward: x has C_in = ",
                     str(x.sym_size(1)), " channels but weight expects ", str(weight.sym_size(1)),
                     " (weight.shape[1]); conv groups other than 1 are not supported");
+  // ATen's conv rejects an empty image only on some paths (CPU yes, a padded CUDA launch would
+  // normalize the padding alone): reject it here, for every device alike.
+  TORCH_CHECK_VALUE(x.sym_size(2) > 0 && x.sym_size(3) > 0, "fusedconv.forward: x must have a "
+                    "non-empty image (H, W > 0), got shape ", str(x.sym_sizes()));
   TORCH_CHECK_VALUE(num_groups > 0, "fusedconv.forward: num_groups must be positive, got ", str(num_groups));
   TORCH_CHECK_VALUE(c_out % num_groups == 0, "fusedconv.forward: num_groups = ", str(num_groups),
                     " must divide C_out = ", str(c_out), " (weight.shape[0])");
-  TORCH_CHECK_VALUE(std::isfinite(eps) && eps >= 0, "fusedconv.forward: eps must be finite and >= 0, got ", str(eps));
+  // The CUDA kernels take eps as float32: a double past FLT_MAX would become inf there.
+  TORCH_CHECK_VALUE(std::isfinite(eps) && eps >= 0 && eps <= std::numeric_limits<float>::max(),
+                    "fusedconv.forward: eps must be finite and >= 0 (and at most float32's max), got ", str(eps));
   check_channel_param(bias, "bias", c_out, /*allow_c11=*/true);
   check_channel_param(scale, "scale", c_out, /*allow_c11=*/true);
   if (conv_bias) check_channel_param(*conv_bias, "conv_bias", c_out, /*allow_c11=*/false);

@@ -53,6 +53,31 @@ BAD = [
     ("eps_inf", lambda a: a.update(eps=float("inf")), ValueError, "eps must be finite"),
     ("eps_negative", lambda a: a.update(eps=-1.0), ValueError, "eps must be finite and >= 0"),
     ("weight_zero_sized", lambda a: a.update(weight=a["weight"][:, :, :0]), ValueError, "zero-sized"),
+    ("weight_zero_c_out", lambda a: a.update(weight=a["weight"][:0]), ValueError, "weight must have no zero-sized"),
+    ("weight_zero_c_in", lambda a: a.update(weight=a["weight"][:, :0]), ValueError, "weight must have no zero-sized"),
+    ("weight_zero_kw", lambda a: a.update(weight=a["weight"][..., :0]), ValueError, "weight must have no zero-sized"),
+    ("weight_5d", lambda a: a.update(weight=a["weight"][None]), ValueError, "weight must be 4-D"),
+    ("x_2d", lambda a: a.update(x=a["x"][0, 0]), ValueError, "x must be 4-D"),
+    ("x_zero_channels", lambda a: a.update(x=a["x"][:, :0]), ValueError, "x has C_in = 0"),
+    # Padding makes room for the kernel, so only the empty-image check can catch these.
+    ("x_zero_height", lambda a: a.update(x=a["x"][:, :, :0], padding=[2, 2]), ValueError, "x must have a non-empty image"),
+    ("x_zero_width", lambda a: a.update(x=a["x"][..., :0], padding=[2, 2]), ValueError, "x must have a non-empty image"),
+    ("groups_far_above_c_out", lambda a: a.update(num_groups=2**40), ValueError, "must divide C_out"),
+    ("conv_bias_c11", lambda a: a.update(conv_bias=a["conv_bias"].view(8, 1, 1)), ValueError, "conv_bias must have shape"),
+    ("gn_weight_c11", lambda a: a.update(gn_weight=a["gn_weight"].view(8, 1, 1)), ValueError, "gn_weight must have shape"),
+    ("bias_c11_wrong", lambda a: a.update(bias=a["bias"].view(1, 8, 1)), ValueError, "bias must have shape"),
+    ("scale_scalar", lambda a: a.update(scale=a["scale"][0]), ValueError, "scale must have shape"),
+    ("x_bool", lambda a: a.update(x=a["x"] > 0.5), TypeError, "x must be float32, float16 or bfloat16"),
+    ("x_complex", lambda a: a.update(x=torch.complex(a["x"], a["x"])), TypeError, "x must be float32"),
+    ("scale_half", lambda a: a.update(scale=a["scale"].half()), TypeError, "scale has dtype"),
+    ("conv_bias_dtype", lambda a: a.update(conv_bias=a["conv_bias"].bfloat16()), TypeError, "conv_bias has dtype"),
+    ("gn_weight_dtype", lambda a: a.update(gn_weight=a["gn_weight"].half()), TypeError, "gn_weight has dtype"),
+    ("eps_minus_inf", lambda a: a.update(eps=float("-inf")), ValueError, "eps must be finite"),
+    ("eps_past_float32", lambda a: a.update(eps=1e39), ValueError, "eps must be finite"),
+    ("stride_negative", lambda a: a.update(stride=[1, -2]), ValueError, "stride must be positive"),
+    ("dilation_zero", lambda a: a.update(dilation=[0, 1]), ValueError, "dilation must be positive"),
+    ("padding_three_values", lambda a: a.update(padding=[0, 0, 0]), ValueError, "padding must hold 1 or 2"),
+    ("dilation_empty", lambda a: a.update(dilation=[]), ValueError, "dilation must hold 1 or 2"),
 ]
 
 
@@ -66,11 +91,39 @@ def test_bad_input_names_the_argument(device, mutate, exc, words):
         call(a)
 
 
-@pytest.mark.parametrize("name", ["weight", "bias", "scale", "conv_bias", "gn_weight", "gn_bias"])
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("mutate,exc,words", [b[1:] for b in BAD], ids=[b[0] for b in BAD])
+def test_bad_input_requiring_grad(device, mutate, exc, words):
+    """Through the autograd kernel (python/fusedconv/autograd.py) the same checks run first."""
+    a = good_args(device)
+    mutate(a)
+    for k, v in a.items():
+        if isinstance(v, torch.Tensor) and v.is_floating_point() and v.numel():
+            a[k] = v.detach().requires_grad_()
+    with pytest.raises(exc, match=words.replace("(", r"\(")):
+        call(a)
+
+
+PARAMS = ["weight", "bias", "scale", "conv_bias", "gn_weight", "gn_bias"]
+
+
+@pytest.mark.parametrize("name", PARAMS)
 def test_mixed_devices(name):
     a = good_args("cpu")
     a[name] = a[name].to("meta")
     with pytest.raises(RuntimeError, match=f"{name} is on meta but x is on cpu"):
+        call(a)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("name", ["x"] + PARAMS)
+def test_mixed_cpu_and_cuda(name):
+    """One argument off x's device: the CUDA kernel is dispatched (any CUDA argument selects
+    it) and must refuse before launching anything on a CPU pointer."""
+    a = good_args("cuda")
+    a[name] = a[name].cpu()
+    where = "x is on cpu" if name == "x" else f"{name} is on cpu but x is on cuda"
+    with pytest.raises(RuntimeError, match=where):
         call(a)
 
 

@@ -99,25 +99,47 @@ def test_tf32_is_opt_in(fp32_matmul_precision):
 
 
 def test_runs_on_the_current_stream():
+    """Ordering proved with a stalled stream: on a side stream, a ~100 ms sleep, then x is
+    written, then the op. Run anywhere but after that write (another stream), the op would
+    read the old x; and the host must get control back while the sleep still runs (no host
+    synchronization inside the op)."""
     case = Case(n=2, c_in=3, c_out=8, h=30, w=30, groups=4)
     ref = reference_model(case)
     model = fused_model(case, ref).cuda()
+    old = random_input(case, seed=1)
+    new = random_input(case, seed=2)
+    x = old.cuda()
+    new_gpu = new.cuda()
+    torch.cuda.synchronize()
     side = torch.cuda.Stream()
     with torch.cuda.stream(side), torch.no_grad():
-        x = random_input(case).cuda()  # written on the side stream only
+        torch.cuda._sleep(200_000_000)  # ~100 ms at ~2 GHz
+        x.copy_(new_gpu)
         out = model(x)
-    side.synchronize()
-    assert_matches(out, expected(case, x.cpu(), ref, torch.float32), torch.float32)
+        done = torch.cuda.Event()
+        done.record()
+    assert not done.query(), "the host waited for the side stream"
+    torch.cuda.current_stream().wait_event(done)
+    assert_matches(out, expected(case, new, ref, torch.float32), torch.float32)
 
 
-def test_repeatable_bitwise():
-    case = Case(n=2, c_in=8, c_out=32, h=50, w=50, groups=8)
-    model = fused_model(case, reference_model(case)).cuda()
-    x = random_input(case).cuda()
-    with torch.no_grad():
+@pytest.mark.parametrize("algorithm", fusedconv.ALGORITHMS)
+@pytest.mark.parametrize("dtype", list(DTYPES), ids=list(DTYPES))
+def test_repeatable_bitwise(dtype, algorithm):
+    """20 runs, bitwise equal, with the allocator's free blocks refilled with different junk
+    before each: a read of anything the op did not write first would show up as a difference."""
+    dt = DTYPES[dtype]
+    case = Case(n=2, c_in=8, c_out=40, h=50, w=47, groups=8, padding=(1, 0))
+    model, x, exp = prepared(case, "cuda", dt)
+    junk = [float("nan"), 0.0, -1e30, 7.0, float("inf")]
+    with torch.no_grad(), fusedconv.forced_algorithm(algorithm):
         first = model(x)
-        for _ in range(3):
-            assert torch.equal(model(x), first)
+        assert_matches(first, exp, dt)
+        for i in range(20):
+            for block in [torch.empty(exp.numel() * 2 + 1, device="cuda") for _ in range(2)]:
+                block.fill_(junk[i % len(junk)])
+            del block
+            assert torch.equal(model(x), first), f"run {i + 2} differs from the first"
 
 
 def test_cuda_path_needs_no_triton():
@@ -191,21 +213,28 @@ def test_autotune_never_runs_during_graph_capture(tmp_path):
     assert not cache.exists()
 
 
+@pytest.mark.parametrize("dtype", list(DTYPES), ids=list(DTYPES))
 @pytest.mark.parametrize("special", ["inf", "nan"])
-def test_non_finite_inputs_match_the_reference(special):
+def test_non_finite_inputs_match_the_reference(special, dtype):
     """+-inf stays finite through sigmoid (as in the reference); NaN poisons its (sample,
-    group) through the statistics, as in the reference. Both algorithms."""
+    group) through the statistics, as in the reference. Both algorithms, every dtype."""
+    dt = DTYPES[dtype]
     case = Case(n=2, c_in=3, c_out=8, h=20, w=20, groups=4)
     ref = reference_model(case)
     with torch.no_grad():
         ref.conv.weight.abs_()  # one sign per channel, so the conv holds no inf - inf
-    model = fused_model(case, ref).cuda()
+    model = fused_model(case, ref).cuda().to(dt)
     x = random_input(case)
     x[0, 0, 5, 5] = float(special)
-    x[1, 2, 10, 3] = -float(special)
+    if special == "inf":
+        x[1, 2, 10, 3] = -float(special)
+    exp = expected(case, x, ref, dt)
+    # The setup: inf gives a finite result; NaN takes all of sample 0 and leaves sample 1.
+    assert torch.isfinite(exp).all() if special == "inf" else (exp[0].isnan().all() and exp[1].isfinite().all())
+    tol = 1e-4 if dt == torch.float32 else 1e-2
     with torch.no_grad():
-        exp = ref.double()(x.double())
         for algorithm in fusedconv.ALGORITHMS:
+            poison_cuda_allocator(exp.numel() * 8)
             with fusedconv.forced_algorithm(algorithm):
-                out = model(x.cuda())
-            torch.testing.assert_close(out.cpu().double(), exp, atol=1e-4, rtol=1e-4, equal_nan=True)
+                out = model(x.cuda().to(dt))
+            torch.testing.assert_close(out.cpu().double(), exp, atol=tol, rtol=tol, equal_nan=True)

@@ -4,6 +4,10 @@ from . import _library
 
 _library.load()
 
+from .autograd import register as _register_autograd  # noqa: E402
+
+_register_autograd()
+
 from .module import FusedConvSigmoidGroupNorm, ModelNew  # noqa: E402
 from .ops import (ALGORITHMS, autotune, autotune_entries, build_report, conv_configs,  # noqa: E402
                   forced_algorithm, forced_config, forward, resident_configs)

@@ -1,0 +1,50 @@
+"""The workload tests/test_sanitizer.py runs under compute-sanitizer: ragged shapes, every
+dtype, both algorithms, every block config, a channels_last and a sliced x. Inputs are made on
+the CPU and copied over, and checked on the CPU, so the only kernels that run are fusedconv's.
+Run with PYTORCH_NO_CUDA_MEMORY_CACHING=1: each tensor is then its own allocation, and an
+access one element past y or the workspace is outside every allocation, which memcheck sees."""
+import os
+import sys
+
+import torch
+
+import fusedconv
+from helpers import DTYPES, Case, assert_matches, prepared
+
+CASES = [
+    Case(n=2, c_in=3, c_out=20, h=13, w=11, kernel=(3, 2), groups=5, stride=(1, 2), padding=(1, 1), dilation=(2, 1)),
+    Case(n=1, c_in=5, c_out=40, h=9, w=17, groups=8, padding=(0, 2)),
+    Case(n=3, c_in=1, c_out=6, h=7, w=5, kernel=(1, 1), groups=3),
+]
+
+
+def main():
+    forced = os.environ.get("FUSEDCONV_FORCE_PTX")
+    images = torch.ops.fusedconv._device_images(0)
+    major, minor = torch.cuda.get_device_capability()
+    assert images == (f"sm_{forced} PTX" if forced else f"sm_{major}{minor} cubin"), images
+    # Every block config under the cheap tools; the heuristic's choice (by C_out, which the
+    # cases vary) under racecheck and synccheck, which cost far more per launch.
+    every_config = os.environ.get("SANITIZE_CONFIGS", "all") == "all"
+    runs = 0
+    for case in CASES:
+        for dtype in DTYPES.values():
+            model, x, exp = prepared(case, "cuda", dtype)
+            layouts = [x]
+            if case is CASES[0]:
+                layouts.append(x.cpu().contiguous(memory_format=torch.channels_last).cuda())
+                wide = torch.rand(case.n, case.c_in, case.h, case.w + 3).to(dtype)
+                wide[..., 1:1 + case.w] = x.cpu()
+                layouts.append(wide.cuda()[..., 1:1 + case.w])
+            for xl in layouts:
+                for config in (fusedconv.conv_configs() if every_config else [""]):
+                    for algorithm in fusedconv.ALGORITHMS:
+                        with torch.no_grad(), fusedconv.forced_config(config), fusedconv.forced_algorithm(algorithm):
+                            out = model(xl)
+                        assert_matches(out.cpu(), exp, dtype)
+                        runs += 1
+    print(f"sanitize_driver ok: {runs} calls on {images}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
