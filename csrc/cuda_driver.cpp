@@ -44,6 +44,7 @@ Driver load() {
   resolve(lib, d.EventElapsedTime, FC_STR(cuEventElapsedTime));
   resolve(lib, d.EventDestroy, FC_STR(cuEventDestroy));
   resolve(lib, d.StreamIsCapturing, FC_STR(cuStreamIsCapturing));
+  resolve(lib, d.ThreadExchangeStreamCaptureMode, FC_STR(cuThreadExchangeStreamCaptureMode));
   CUresult r = d.Init(0);
   if (r != CUDA_SUCCESS) {
     const char* msg = nullptr;

@@ -25,6 +25,7 @@ struct Driver {
   decltype(&::cuEventElapsedTime) EventElapsedTime;
   decltype(&::cuEventDestroy) EventDestroy;
   decltype(&::cuStreamIsCapturing) StreamIsCapturing;
+  decltype(&::cuThreadExchangeStreamCaptureMode) ThreadExchangeStreamCaptureMode;
 };
 
 // Loads libcuda.so.1 and cuInit()s once, thread-safely; throws a clear error without a driver.

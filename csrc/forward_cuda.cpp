@@ -121,6 +121,17 @@ Kernel load(int device, const KernelImage& image) {
   auto it = loaded.find({device, &image});
   if (it != loaded.end()) return {it->second, &image};
   const cu::Driver& d = cu::driver();
+  // A first call inside a CUDA graph capture must still load its module: module loading is not
+  // stream work, but a capture in "global" mode (torch's default) forbids it on every thread
+  // unless this thread relaxes its own mode for the duration.
+  struct RelaxedCapture {
+    const cu::Driver& d;
+    CUstreamCaptureMode previous = CU_STREAM_CAPTURE_MODE_RELAXED;
+    explicit RelaxedCapture(const cu::Driver& driver) : d(driver) {
+      cu::check(d.ThreadExchangeStreamCaptureMode(&previous), "cuThreadExchangeStreamCaptureMode");
+    }
+    ~RelaxedCapture() { d.ThreadExchangeStreamCaptureMode(&previous); }
+  } relaxed(d);
   CUmodule module;
   cu::check(d.ModuleLoadData(&module, image.data),
             image.format == ImageFormat::kPtx ? "cuModuleLoadData (JIT of the PTX)" : "cuModuleLoadData");
@@ -135,6 +146,8 @@ Kernel load(int device, const KernelImage& image) {
 }
 
 void launch(const Kernel& k, int64_t grid, void** params, CUstream stream) {
+  TORCH_CHECK_VALUE(grid <= INT_MAX, "fusedconv.forward: ", k.image->kernel, " needs ", str(grid),
+                    " thread blocks, more than one launch allows; split the batch");
   cu::check(cu::driver().LaunchKernel(k.function, static_cast<unsigned>(grid), 1, 1,
                                       32 * k.image->num_warps, 1, 1, k.image->shared_bytes,
                                       stream, params, nullptr),

@@ -126,6 +126,17 @@ def assert_matches(out, exp, dtype):
     return err
 
 
+def algorithms_for(model, x):
+    """The CUDA algorithms that can run this call: "resident" only where one of its configs
+    holds a whole group (forcing it elsewhere is a ValueError, tested on its own)."""
+    conv = model.conv
+    h_out, w_out = ((size + 2 * p - d * (k - 1) - 1) // s + 1 for size, p, d, k, s in
+                    zip(x.shape[2:], conv.padding, conv.dilation, conv.kernel_size, conv.stride))
+    cpg = conv.out_channels // model.group_norm.num_groups
+    fits = any(cpg <= c and h_out * w_out <= m for c, m in fusedconv.resident_configs().values())
+    return tuple(a for a in fusedconv.ALGORITHMS if a != "resident" or fits)
+
+
 def forward_args(model, x):
     """The op's positional arguments for a FusedConvSigmoidGroupNorm module."""
     c, gn = model.conv, model.group_norm
@@ -135,4 +146,4 @@ def forward_args(model, x):
 
 __all__ = ["Case", "DTYPES", "TOLERANCE", "reference", "random_cases", "reference_model",
            "fused_model", "random_input", "expected", "prepared", "assert_matches", "poison_cuda_allocator",
-           "forward_args", "replace"]
+           "forward_args", "algorithms_for", "replace"]

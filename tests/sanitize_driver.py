@@ -9,7 +9,7 @@ import sys
 import torch
 
 import fusedconv
-from helpers import DTYPES, Case, assert_matches, prepared
+from helpers import DTYPES, Case, algorithms_for, assert_matches, prepared
 
 CASES = [
     Case(n=2, c_in=3, c_out=20, h=13, w=11, kernel=(3, 2), groups=5, stride=(1, 2), padding=(1, 1), dilation=(2, 1)),
@@ -38,7 +38,7 @@ def main():
                 layouts.append(wide.cuda()[..., 1:1 + case.w])
             for xl in layouts:
                 for config in (fusedconv.conv_configs() if every_config else [""]):
-                    for algorithm in fusedconv.ALGORITHMS:
+                    for algorithm in algorithms_for(model, xl):
                         with torch.no_grad(), fusedconv.forced_config(config), fusedconv.forced_algorithm(algorithm):
                             out = model(xl)
                         assert_matches(out.cpu(), exp, dtype)

@@ -204,7 +204,8 @@ def test_generator_follows_calls_and_ignores_other_kernels():
     got = [name for name, _, _ in export.kernel_functions(source, ["group_stats_kernel"])]
     assert got == ["group_stats_kernel"]
     got = [name for name, _, _ in export.kernel_functions(source, ["conv_stats_kernel"])]
-    assert got == ["_sigmoid", "_tf32_split", "_tile_coords", "_conv_bias_scale_sigmoid_tile", "conv_stats_kernel"]
+    assert got == ["_sigmoid", "_tf32_split", "_tile_coords", "_conv_bias_scale_sigmoid_tile", "_bias_scale_sigmoid",
+                   "conv_stats_kernel"]
     with pytest.raises(RuntimeError, match="module-level names"):
         export.kernel_functions(source + "\nLIMIT = 3\n\n@triton.jit\ndef k(p):\n    tl.store(p, LIMIT)\n", ["k"])
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import fusedconv
-from helpers import (DTYPES, Case, assert_matches, expected, forward_args, fused_model,
+from helpers import (DTYPES, Case, algorithms_for, assert_matches, expected, forward_args, fused_model,
                      poison_cuda_allocator, random_input, reference_model)
 
 # Ragged everywhere: 17x12 outputs (4 position tiles of 64), 12 channels (a part channel block).
@@ -73,8 +73,8 @@ PARAM_LAYOUTS = {
 NAMES = ["x", "weight", "conv_bias", "bias", "scale", "gn_weight", "gn_bias"]
 
 
-def algorithms(device):
-    return fusedconv.ALGORITHMS if device == "cuda" else ("",)
+def algorithms(device, model, x):
+    return algorithms_for(model, x) if device == "cuda" else ("",)
 
 
 def run(args, device, algorithm, out_numel):
@@ -96,7 +96,7 @@ def test_x_layouts(layout, dtype, device, reference):
     model = fused_model(CASE, reference).to(device, dt)
     x = X_LAYOUTS[layout](random_input(CASE).to(device, dt))
     exp = expected(CASE, x.cpu().contiguous(), reference, dt)
-    for algorithm in algorithms(device):
+    for algorithm in algorithms(device, model, x):
         out = run(forward_args(model, x), device, algorithm, exp.numel())
         assert out.is_contiguous()
         assert_matches(out, exp, dt)
@@ -115,5 +115,5 @@ def test_parameter_layouts(layout, dtype, device, reference):
     if layout == "everything":
         a["x"] = inside_nan(a["x"])
     args = [a[k] for k in NAMES] + list(forward_args(model, x)[7:])
-    for algorithm in algorithms(device):
+    for algorithm in algorithms(device, model, x):
         assert_matches(run(args, device, algorithm, exp.numel()), exp, dt)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import fusedconv
-from helpers import (DTYPES, Case, assert_matches, expected, fused_model, poison_cuda_allocator,
+from helpers import (DTYPES, Case, algorithms_for, assert_matches, expected, fused_model, poison_cuda_allocator,
                      random_input, reference_model)
 
 CASE = Case(n=2, c_in=3, c_out=16, h=21, w=19, groups=4, padding=(1, 1))
@@ -17,7 +17,7 @@ CASE = Case(n=2, c_in=3, c_out=16, h=21, w=19, groups=4, padding=(1, 1))
 
 def outputs(model, x, device):
     """The op's output under each algorithm the device has."""
-    for algorithm in (fusedconv.ALGORITHMS if device == "cuda" else ("",)):
+    for algorithm in (algorithms_for(model, x) if device == "cuda" else ("",)):
         poison_cuda_allocator(x.shape[0] * model.conv.out_channels * x.shape[2] * x.shape[3] * 8)
         forced = fusedconv.forced_algorithm(algorithm) if algorithm else contextlib.nullcontext()
         with forced, torch.no_grad():
