@@ -27,6 +27,9 @@ at::Tensor forward_cpu(FUSEDCONV_FORWARD_PARAMS) {
   return y.to(x.scalar_type()).contiguous();
 }
 
-TORCH_LIBRARY_IMPL(fusedconv, CPU, m) { m.impl("forward", &forward_cpu); }
+TORCH_LIBRARY_IMPL(fusedconv, CPU, m) {
+  m.impl("forward", &forward_cpu);
+  m.impl("_forward_differentiable", &forward_cpu);
+}
 
 }  // namespace fusedconv

@@ -374,6 +374,9 @@ at::Tensor forward_cuda(FUSEDCONV_FORWARD_PARAMS) {
   return y;
 }
 
-TORCH_LIBRARY_IMPL(fusedconv, CUDA, m) { m.impl("forward", &forward_cuda); }
+TORCH_LIBRARY_IMPL(fusedconv, CUDA, m) {
+  m.impl("forward", &forward_cuda);
+  m.impl("_forward_differentiable", &forward_cuda);
+}
 
 }  // namespace fusedconv

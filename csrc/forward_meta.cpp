@@ -14,6 +14,9 @@ at::Tensor forward_meta(FUSEDCONV_FORWARD_PARAMS) {
   return at::empty_symint(shape, x.options().memory_format(at::MemoryFormat::Contiguous));
 }
 
-TORCH_LIBRARY_IMPL(fusedconv, Meta, m) { m.impl("forward", &forward_meta); }
+TORCH_LIBRARY_IMPL(fusedconv, Meta, m) {
+  m.impl("forward", &forward_meta);
+  m.impl("_forward_differentiable", &forward_meta);
+}
 
 }  // namespace fusedconv

@@ -19,6 +19,12 @@ TORCH_LIBRARY(fusedconv, m) {
       "forward(Tensor x, Tensor weight, Tensor? conv_bias, Tensor bias, Tensor scale, "
       "Tensor? gn_weight, Tensor? gn_bias, int num_groups, float eps=1e-05, "
       "int[2] stride=1, int[2] padding=0, int[2] dilation=1) -> Tensor");
+  // forward's autograd kernel (forward_autograd.cpp) routes calls that need a gradient here:
+  // the same op, carrying the backward that Python registers.
+  m.def(
+      "_forward_differentiable(Tensor x, Tensor weight, Tensor? conv_bias, Tensor bias, Tensor scale, "
+      "Tensor? gn_weight, Tensor? gn_bias, int num_groups, float eps=1e-05, "
+      "int[2] stride=1, int[2] padding=0, int[2] dilation=1) -> Tensor");
   // JSON: versions, archs, and every image's config, registers, spills and shared memory.
   m.def("build_report() -> str", &build_report);
   m.def("_set_config(str config) -> ()", &set_forced_config);

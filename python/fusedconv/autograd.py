@@ -50,5 +50,8 @@ def _backward(ctx, grad):
 
 
 def register():
-    """Called once by fusedconv/__init__.py, after the op library is loaded."""
-    torch.library.register_autograd("fusedconv::forward", _backward, setup_context=_setup_context)
+    """Called once by fusedconv/__init__.py, after the op library is loaded. The backward goes
+    on fusedconv::_forward_differentiable, where forward's C++ autograd kernel sends the calls
+    that need a gradient (csrc/forward_autograd.cpp); calls that need none never reach Python."""
+    torch.library.register_autograd("fusedconv::_forward_differentiable", _backward,
+                                    setup_context=_setup_context)
