@@ -50,7 +50,8 @@ seed=shared/baselines/seed_triton.py
 if [ "${1:-}" = quick ]; then
   bench main --peers fusedconv,eager
 else
-  bench main --dtype fp32,fp16,bf16 --peer "$seed" --small --chart "$OUT/bench_main.png"
+  (cd /tmp && $PY -m fusedconv export -o "$OUT/model_new.py") || status=1
+  bench main --dtype fp32,fp16,bf16 --peer "$seed" --peer "$OUT/model_new.py" --small --chart "$OUT/bench_main.png"
   bench tf32 --precision high --peer "$seed"
   bench suite --suite --chart "$OUT/bench_suite.png"
   FUSEDCONV_FORCE_PTX=89 bench sm89_ptx --peers fusedconv,eager
