@@ -71,17 +71,23 @@ def conv_variants():
     return list(seen.values())
 
 
-def run_pipeline(case, dtype_name, precision, conv_cfg, stats_cfg, algorithm, apply_cfg=V.APPLY_CONFIGS[0]):
-    """The three launches the C++ runtime makes for `algorithm`, on poisoned buffers."""
+def setup(case, dtype_name):
+    """dtype, reference model, fused model and input in that dtype, flat weight, output size."""
     dtype = TORCH_DTYPES[dtype_name]
     ref = reference_model(case)
     model = fused_model(case, ref).to(dtype)
     x = random_input(case).to(dtype)
-    conv, gn = model.conv, model.group_norm
-    w = conv.weight.detach().reshape(case.c_out, -1).contiguous()
-    c_out, g = case.c_out, case.groups
+    w = model.conv.weight.detach().reshape(case.c_out, -1).contiguous()
     h_out = (case.h + 2 * case.padding[0] - case.dilation[0] * (case.kernel[0] - 1) - 1) // case.stride[0] + 1
     w_out = (case.w + 2 * case.padding[1] - case.dilation[1] * (case.kernel[1] - 1) - 1) // case.stride[1] + 1
+    return dtype, ref, model, x, w, h_out, w_out
+
+
+def run_pipeline(case, dtype_name, precision, conv_cfg, stats_cfg, algorithm, apply_cfg=V.APPLY_CONFIGS[0]):
+    """The three launches the C++ runtime makes for `algorithm`, on poisoned buffers."""
+    dtype, ref, model, x, w, h_out, w_out = setup(case, dtype_name)
+    conv, gn = model.conv, model.group_norm
+    c_out, g = case.c_out, case.groups
     hw = h_out * w_out
     bm, bc = conv_cfg.meta["BLOCK_M"], conv_cfg.meta["BLOCK_C"]
     tiles, cblocks = -(-hw // bm), -(-c_out // bc)
@@ -210,14 +216,8 @@ RESIDENT_CASES = [
 
 
 def run_resident(case, dtype_name, cfg):
-    dtype = TORCH_DTYPES[dtype_name]
-    ref = reference_model(case)
-    model = fused_model(case, ref).to(dtype)
-    x = random_input(case).to(dtype)
+    dtype, ref, model, x, w, h_out, w_out = setup(case, dtype_name)
     conv, gn = model.conv, model.group_norm
-    w = conv.weight.detach().reshape(case.c_out, -1).contiguous()
-    h_out = (case.h + 2 * case.padding[0] - case.dilation[0] * (case.kernel[0] - 1) - 1) // case.stride[0] + 1
-    w_out = (case.w + 2 * case.padding[1] - case.dilation[1] * (case.kernel[1] - 1) - 1) // case.stride[1] + 1
     cpg = case.c_out // case.groups
     if cpg > cfg.meta["BLOCK_C"] or h_out * w_out > cfg.meta["BLOCK_M"]:
         pytest.skip(f"{case} does not fit {cfg.name} (the launcher never picks it)")
