@@ -2,11 +2,11 @@
 bare op, against the device time per call (a CUDA graph of 100 calls, replayed, so no host
 work is counted). Usage: python build_scripts/small_probe.py [--size 32] [--batch 1]"""
 import argparse
-import time
 
 import torch
 
 import fusedconv
+from fusedconv.bench import wall_us_per_call
 
 p = argparse.ArgumentParser()
 p.add_argument("--size", type=int, default=32)
@@ -20,15 +20,8 @@ args = (x, c.weight, c.bias, m.bias, m.scale, gn.weight, gn.bias, 8, 1e-5, [1, 1
 op = torch.ops.fusedconv.forward
 
 
-def wall_us(fn, calls=2000):
-    for _ in range(50):
-        fn()
-    torch.cuda.synchronize()
-    t = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    torch.cuda.synchronize()
-    return (time.perf_counter() - t) / calls * 1e6
+def wall_us(fn):
+    return wall_us_per_call(lambda _: fn(), None)  # the benchmark's own measure
 
 
 def graph_us(fn, calls=100, replays=20):

@@ -54,12 +54,13 @@ std::string conv_config_heuristic(int64_t c_out) {
   return "m64_c32";
 }
 
-std::string conv_config(int64_t c_out) {
-  {
-    std::lock_guard<std::mutex> lock(g_config_mutex);
-    if (!g_forced_config.empty()) return g_forced_config;
-  }
-  return conv_config_heuristic(c_out);
+// The test and tuning overrides, read together under one lock (once per call).
+struct Overrides {
+  std::string config, algorithm;
+};
+Overrides overrides() {
+  std::lock_guard<std::mutex> lock(g_config_mutex);
+  return {g_forced_config, g_forced_algorithm};
 }
 
 // Three algorithms. "resident" (one launch, one program per (sample, group) holding the whole
@@ -69,10 +70,6 @@ std::string conv_config(int64_t c_out) {
 // written once): with the conv kernels spending ~2 ms a pass at the benchmark shape against
 // ~0.55 ms for the extra bytes (H200), materializing wins; recompute wins once a conv pass
 // costs less than moving y twice more (docs/performance.md).
-std::string forced_algorithm_now() {
-  std::lock_guard<std::mutex> lock(g_config_mutex);
-  return g_forced_algorithm;
-}
 
 // The resident kernel runs one program per (sample, group) at FP32-unit speed: it beats the
 // tiled algorithms' three launches while its programs fit about one wave and its arithmetic is
@@ -82,16 +79,20 @@ constexpr int64_t kResidentMaxPrograms = 256;
 constexpr int64_t kResidentMaxMacs = int64_t{1} << 26;
 
 // The resident config of this name, the smallest one that holds a whole group (name ""), or
-// nullptr. Scans the image table directly: this runs on every call.
+// nullptr. Runs on every call, so it walks a list of the resident images made once.
 const KernelImage* resident_image(const ImageSet& set, const char* dtype, const std::string& name,
                                   int64_t channels_per_group, int64_t hw_out) {
-  const KernelImage* best = nullptr;
-  for (size_t i = 0; i < kNumKernelImages; ++i) {
-    const KernelImage& k = kKernelImages[i];
-    if (k.arch != set.arch || k.format != set.format || std::strcmp(k.kernel, "conv_resident") ||
-        std::strcmp(k.dtype, dtype)) {
-      continue;
+  static const std::vector<const KernelImage*> residents = [] {
+    std::vector<const KernelImage*> v;
+    for (size_t i = 0; i < kNumKernelImages; ++i) {
+      if (!std::strcmp(kKernelImages[i].kernel, "conv_resident")) v.push_back(&kKernelImages[i]);
     }
+    return v;
+  }();
+  const KernelImage* best = nullptr;
+  for (const KernelImage* image : residents) {
+    const KernelImage& k = *image;
+    if (k.arch != set.arch || k.format != set.format || std::strcmp(k.dtype, dtype)) continue;
     if (!name.empty()) {
       if (name == k.config) return &k;
     } else if (k.block_c >= channels_per_group && k.block_m >= hw_out &&
@@ -100,11 +101,6 @@ const KernelImage* resident_image(const ImageSet& set, const char* dtype, const 
     }
   }
   return best;
-}
-
-bool overridden() {
-  std::lock_guard<std::mutex> lock(g_config_mutex);
-  return !g_forced_config.empty() || !g_forced_algorithm.empty();
 }
 
 struct Kernel {
@@ -199,7 +195,10 @@ std::string forced_algorithm() {
   return g_forced_algorithm;
 }
 
-std::string chosen_config(int64_t c_out) { return conv_config(c_out); }
+std::string chosen_config(int64_t c_out) {
+  const std::string forced = overrides().config;
+  return forced.empty() ? conv_config_heuristic(c_out) : forced;
+}
 
 std::string images_for_arch(int64_t arch) {
   const ImageSet set = choose_image_set(static_cast<int>(arch));
@@ -273,7 +272,6 @@ at::Tensor forward_cuda(FUSEDCONV_FORWARD_PARAMS) {
                       &a_c_out, &a_h, &a_w, &a_w_out, &a_hw_out, &a_kh, &a_kw, &a_k_total,
                       &a_sxn, &a_sxc, &a_sxh, &a_sxw, &a_sh, &a_sw, &a_ph, &a_pw, &a_dh, &a_dw,
                       &a_has_cb, &a_groups, &a_cpg, &a_has_gw, &a_has_gb, &a_eps, &no_scratch, &no_scratch};
-      TORCH_CHECK_VALUE(n * num_groups <= INT_MAX, "fusedconv.forward: too many (sample, group) pairs");
       launch(k, n * num_groups, args, s);
       return;
     }
@@ -284,9 +282,7 @@ at::Tensor forward_cuda(FUSEDCONV_FORWARD_PARAMS) {
     const int64_t block_m = stats_k.image->block_m, block_c = stats_k.image->block_c;
     const int64_t num_p_tiles = (hw_out + block_m - 1) / block_m;
     const int64_t num_c_blocks = (c_out + block_c - 1) / block_c;
-    const int64_t grid = n * num_p_tiles * num_c_blocks;
-    TORCH_CHECK_VALUE(grid <= INT_MAX, "fusedconv.forward: the input needs ", str(grid),
-                      " thread blocks, more than one launch allows; split the batch");
+    const int64_t grid = n * num_p_tiles * num_c_blocks;  // launch() checks every grid's size
     const int64_t group_run = channels_per_group * num_p_tiles;
     const Kernel group_k = load(device, find_image(set, "group_stats", "fp32", "any",
                                                    group_run >= 512 ? "b256" : "b64"));
@@ -319,8 +315,6 @@ at::Tensor forward_cuda(FUSEDCONV_FORWARD_PARAMS) {
                                                      hw_out >= 512 ? "b512" : "b256"));
       const int64_t blocks_per_row = (hw_out + apply_k.image->block_m - 1) / apply_k.image->block_m;
       const int64_t apply_grid = n * c_out * blocks_per_row;
-      TORCH_CHECK_VALUE(apply_grid <= INT_MAX, "fusedconv.forward: the output needs ", str(apply_grid),
-                        " thread blocks to normalize, more than one launch allows; split the batch");
       int32_t a_blocks = static_cast<int32_t>(blocks_per_row);
       void* apply_args[] = {&values, &stats, &gw_p, &gb_p, &y_p, &a_c_out, &a_hw_out, &a_groups,
                             &a_cpg, &a_blocks, &a_has_gw, &a_has_gb, &no_scratch, &no_scratch};
@@ -340,9 +334,10 @@ at::Tensor forward_cuda(FUSEDCONV_FORWARD_PARAMS) {
   // config. A forced config or algorithm overrides its part; a forced resident that cannot
   // hold a group is an error, not a silent fallback.
   const KernelImage* resident = resident_image(set, dtype, "", channels_per_group, hw_out);
-  const std::string forced = forced_algorithm_now();
-  const std::string config = conv_config(c_out);  // the forced config, if any
-  const bool config_is_resident = config != conv_config_heuristic(c_out) &&
+  const Overrides forced_overrides = overrides();
+  const std::string& forced = forced_overrides.algorithm;
+  const std::string config = forced_overrides.config.empty() ? conv_config_heuristic(c_out) : forced_overrides.config;
+  const bool config_is_resident = !forced_overrides.config.empty() &&
                                   resident_image(set, dtype, config, 0, 0) != nullptr;
   Choice choice{"materialize", config};
   if (forced == "resident" || (forced.empty() && config_is_resident)) {
@@ -357,7 +352,7 @@ at::Tensor forward_cuda(FUSEDCONV_FORWARD_PARAMS) {
              n * c_out * hw_out * k_total <= kResidentMaxMacs) {
     choice = {"resident", resident->config};
   }
-  if (autotune_enabled() && !overridden()) {
+  if (autotune_enabled() && forced_overrides.config.empty() && forced.empty()) {
     std::vector<Choice> candidates;
     for (const std::string& name : config_names(set, "conv_stats", dtype, mode)) {
       candidates.push_back({"materialize", name});

@@ -126,6 +126,12 @@ def assert_matches(out, exp, dtype):
     return err
 
 
+def output_size(case):
+    """(H_out, W_out) of a case's conv."""
+    return tuple((size + 2 * p - d * (k - 1) - 1) // s + 1 for size, p, d, k, s in
+                 zip((case.h, case.w), case.padding, case.dilation, case.kernel, case.stride))
+
+
 def algorithms_for(model, x):
     """The CUDA algorithms that can run this call: "resident" only where one of its configs
     holds a whole group (forcing it elsewhere is a ValueError, tested on its own)."""
@@ -146,4 +152,4 @@ def forward_args(model, x):
 
 __all__ = ["Case", "DTYPES", "TOLERANCE", "reference", "random_cases", "reference_model",
            "fused_model", "random_input", "expected", "prepared", "assert_matches", "poison_cuda_allocator",
-           "forward_args", "algorithms_for", "replace"]
+           "forward_args", "algorithms_for", "output_size", "replace"]

@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from helpers import Case, assert_matches, expected, fused_model, random_input, reference_model
+from helpers import Case, assert_matches, expected, fused_model, output_size, random_input, reference_model
 
 pytestmark = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
                                 reason="TRITON_INTERPRET=1 must be set before Triton is imported")
@@ -78,8 +78,7 @@ def setup(case, dtype_name):
     model = fused_model(case, ref).to(dtype)
     x = random_input(case).to(dtype)
     w = model.conv.weight.detach().reshape(case.c_out, -1).contiguous()
-    h_out = (case.h + 2 * case.padding[0] - case.dilation[0] * (case.kernel[0] - 1) - 1) // case.stride[0] + 1
-    w_out = (case.w + 2 * case.padding[1] - case.dilation[1] * (case.kernel[1] - 1) - 1) // case.stride[1] + 1
+    h_out, w_out = output_size(case)
     return dtype, ref, model, x, w, h_out, w_out
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import fusedconv
-from helpers import DTYPES, Case, assert_matches, poison_cuda_allocator, prepared
+from helpers import DTYPES, Case, assert_matches, output_size, poison_cuda_allocator, prepared
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -18,8 +18,7 @@ FITTING_CASES = [
 
 def fits(case, cfg):
     channels, positions = fusedconv.resident_configs()[cfg]
-    h_out = (case.h + 2 * case.padding[0] - case.dilation[0] * (case.kernel[0] - 1) - 1) // case.stride[0] + 1
-    w_out = (case.w + 2 * case.padding[1] - case.dilation[1] * (case.kernel[1] - 1) - 1) // case.stride[1] + 1
+    h_out, w_out = output_size(case)
     return case.c_out // case.groups <= channels and h_out * w_out <= positions
 
 
