@@ -110,7 +110,7 @@ def _generate_cpp(entries, report):
         fmt = "ImageFormat::kCubin" if e["format"] == "cubin" else "ImageFormat::kPtx"
         lines.append(
             f'    {{"{e["kernel"]}", "{e["dtype"]}", "{e["mode"]}", "{e["config"]}", '
-            f'"{e["function"]}", {e["arch"]}, {fmt}, {e["block_m"]}, {e["block_c"]}, '
+            f'"{e["function"]}", {e["arch"]}, {fmt}, {e["block_m"]}, {e["block_w"]}, {e["block_c"]}, '
             f'{e["num_warps"]}, {e["shared"]}, {e["registers"]}, {e["spill_bytes"]}, '
             f'{e["stack_bytes"]}, fc_image_{i}, {e["size"]}u}},')
     lines += [
@@ -122,6 +122,13 @@ def _generate_cpp(entries, report):
         "",
     ]
     return "\n".join(lines)
+
+
+def _positions_per_program(meta):
+    """BLOCK_M (resident), BLOCK_H * BLOCK_W (conv tiles) or BLOCK (element-wise kernels)."""
+    if "BLOCK_W" in meta:
+        return meta["BLOCK_H"] * meta["BLOCK_W"]
+    return meta.get("BLOCK_M", meta.get("BLOCK", 0))
 
 
 def build(out_dir, archs, ptx_archs, jobs=None, log=print):
@@ -158,7 +165,8 @@ def build(out_dir, archs, ptx_archs, jobs=None, log=print):
             usage = _resource_usage(cubin_path)
             common = dict(kernel=v.kernel, dtype=v.dtype, mode=v.mode, config=v.config.name,
                           precision=v.precision, function=res["function"], arch=arch,
-                          block_m=v.config.meta.get("BLOCK_M", v.config.meta.get("BLOCK", 0)),
+                          block_m=_positions_per_program(v.config.meta),
+                          block_w=v.config.meta.get("BLOCK_W", _positions_per_program(v.config.meta)),
                           block_c=v.config.meta.get("BLOCK_C", 0),
                           num_warps=res["num_warps"], shared=res["shared"], **usage)
             entries.append(dict(common, format="cubin", path=str(cubin_path),
@@ -177,7 +185,7 @@ def build(out_dir, archs, ptx_archs, jobs=None, log=print):
         triton=triton.__version__, torch=torch.__version__, archs=archs, ptx_archs=ptx_archs,
         source_stamp=stamp[:16],
         images=[{k: e[k] for k in ("kernel", "dtype", "mode", "precision", "config", "arch",
-                                   "format", "num_warps", "block_m", "block_c", "shared",
+                                   "format", "num_warps", "block_m", "block_w", "block_c", "shared",
                                    "registers", "spill_bytes", "stack_bytes", "size")}
                 for e in entries])
     (out_dir / "build_report.json").write_text(json.dumps(report, indent=1))

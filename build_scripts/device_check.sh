@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # One call on the device machine: build, test natively and with the sm_89 PTX forced, time.
-#   bash build_scripts/device_check.sh [quick]     logs go to $OUT (default ./device_out)
-# "quick" skips the forced-PTX suite and runs only the fp32 benchmark. The device copy of the
+#   bash build_scripts/device_check.sh [quick|native|ptx]   logs go to $OUT (default ./device_out)
+# "quick" skips the forced-PTX suite and runs only the fp32 benchmark. A full run can outlast
+# one device call (10 minutes): "native" is the native suite and the main benchmark, "ptx" the
+# forced-PTX suite and the other benchmarks; the two together are the full run. The device copy of the
 # checkout has no ../shared: copy it to ./shared (git-ignored) before the call.
 # At most 8 files come back from a device call, so logs are gathered into few files.
 set -uo pipefail
@@ -38,8 +40,9 @@ run_suite() {  # name, env...
     > "$OUT/pytest_$name.log" 2>&1 || status=1
   tail -4 "$OUT/pytest_$name.log"
 }
-run_suite native
-[ "${1:-}" = quick ] || run_suite sm89_ptx FUSEDCONV_FORCE_PTX=89
+phase=${1:-all}
+[ "$phase" = ptx ] || run_suite native
+[ "$phase" = quick ] || [ "$phase" = native ] || run_suite sm89_ptx FUSEDCONV_FORCE_PTX=89
 
 step bench
 bench() {  # name, bench args...
@@ -47,11 +50,14 @@ bench() {  # name, bench args...
   $PY -m fusedconv bench --json "$OUT/bench_$name.json" "$@" 2>&1 | tee -a "$OUT/bench.txt" || status=1
 }
 seed=shared/baselines/seed_triton.py
-if [ "${1:-}" = quick ]; then
+if [ "$phase" = quick ]; then
   bench main --peers fusedconv,eager
-else
+fi
+if [ "$phase" = all ] || [ "$phase" = native ]; then
   (cd /tmp && $PY -m fusedconv export -o "$OUT/model_new.py") || status=1
   bench main --dtype fp32,fp16,bf16 --peer "$seed" --peer "$OUT/model_new.py" --small --chart "$OUT/bench_main.png"
+fi
+if [ "$phase" = all ] || [ "$phase" = ptx ]; then
   bench tf32 --precision high --peer "$seed"
   bench suite --suite --chart "$OUT/bench_suite.png"
   FUSEDCONV_FORCE_PTX=89 bench sm89_ptx --peers fusedconv,eager

@@ -45,13 +45,14 @@ const char* precision_mode(at::ScalarType t) {
              ? "accurate" : "tf32";
 }
 
-// Block config heuristic, from the config sweeps on the H200 (docs/performance.md, v4, v5):
-// the channel tile follows C_out, because each channel block redoes the whole x gather;
-// 64 positions and 4 warps per program won (or came within a few percent) everywhere.
-std::string conv_config_heuristic(int64_t c_out) {
-  if (c_out <= 16) return "m64_c16";
-  if (c_out >= 64) return "m64_c64";
-  return "m64_c32";
+// Block config heuristic, from the config sweeps on the H200 (docs/performance.md, v4, v5, v7):
+// the channel tile follows C_out, because each channel block redoes the whole x gather; the
+// benchmark's 32 channels on wide images get the 1 x 128 tile whose first 5 K steps (K <= 80
+// in one pass) are unrolled at compile time.
+std::string conv_config_heuristic(int64_t c_out, int64_t w_out) {
+  if (c_out <= 16) return "h4w32_c16";
+  if (c_out >= 64 || w_out < 96) return "h2w32_c64";
+  return "h1w128_c32_k5";
 }
 
 // The test and tuning overrides, read together under one lock (once per call).
@@ -67,7 +68,7 @@ Overrides overrides() {
 // group in registers) when the group fits a resident config and the problem is small enough
 // that launches and latency, not arithmetic, set its time. Otherwise "materialize" (conv once,
 // stores fp32 values, normalizes them in a memory-bound pass) or "recompute" (conv twice, y
-// written once): with the conv kernels spending ~2 ms a pass at the benchmark shape against
+// written once): with the conv kernels spending ~1.2-1.4 ms a pass at the benchmark shape against
 // ~0.55 ms for the extra bytes (H200), materializing wins; recompute wins once a conv pass
 // costs less than moving y twice more (docs/performance.md).
 
@@ -195,9 +196,9 @@ std::string forced_algorithm() {
   return g_forced_algorithm;
 }
 
-std::string chosen_config(int64_t c_out) {
+std::string chosen_config(int64_t c_out, int64_t w_out) {
   const std::string forced = overrides().config;
-  return forced.empty() ? conv_config_heuristic(c_out) : forced;
+  return forced.empty() ? conv_config_heuristic(c_out, w_out) : forced;
 }
 
 std::string images_for_arch(int64_t arch) {
@@ -242,7 +243,8 @@ at::Tensor forward_cuda(FUSEDCONV_FORWARD_PARAMS) {
   const int64_t channels_per_group = c_out / num_groups;
   CUdeviceptr no_scratch = 0;  // Triton's global and profile scratch: the build asserts size 0
   int32_t a_c_out = i32(c_out, "C_out"), a_h = i32(h, "H"), a_w = i32(w, "W");
-  int32_t a_w_out = i32(w_out, "W_out"), a_hw_out = i32(hw_out, "H_out * W_out");
+  int32_t a_h_out = i32(h_out, "H_out"), a_w_out = i32(w_out, "W_out");
+  int32_t a_hw_out = i32(hw_out, "H_out * W_out");
   int32_t a_kh = i32(kh, "KH"), a_kw = i32(kw, "KW"), a_k_total = i32(k_total, "C_in * KH * KW");
   int64_t a_sxn = x.stride(0);
   int32_t a_sxc = i32(x.stride(1), "x.stride(1)"), a_sxh = i32(x.stride(2), "x.stride(2)");
@@ -260,6 +262,8 @@ at::Tensor forward_cuda(FUSEDCONV_FORWARD_PARAMS) {
   CUdeviceptr x_p = ptr(x), w_p = ptr(w_c), cb_p = ptr(cb_c), b_p = ptr(bias_c), s_p = ptr(scale_c);
   CUdeviceptr gw_p = ptr(gw_c), gb_p = ptr(gb_c), y_p = ptr(y);
 
+  // The conv kernels' 3 x 3 flavour (TAPS = 3) skips bounds tests: valid only without padding.
+  const bool unpadded_3x3 = kh == 3 && kw == 3 && g.padding[0] == 0 && g.padding[1] == 0;
   auto run = [&](const Choice& choice) {
     const std::string& config = choice.config;
     if (choice.algorithm == "resident") {
@@ -276,11 +280,14 @@ at::Tensor forward_cuda(FUSEDCONV_FORWARD_PARAMS) {
       return;
     }
     const bool store_v = choice.algorithm == "materialize";
-    const Kernel stats_k = load(device, find_image(set, store_v ? "conv_stats_store" : "conv_stats",
+    const Kernel stats_k = load(device, find_image(set, unpadded_3x3 ? (store_v ? "conv3x3_stats_store" : "conv3x3_stats")
+                                                                     : (store_v ? "conv_stats_store" : "conv_stats"),
                                                    dtype, mode, config.c_str()));
 
-    const int64_t block_m = stats_k.image->block_m, block_c = stats_k.image->block_c;
-    const int64_t num_p_tiles = (hw_out + block_m - 1) / block_m;
+    const int64_t block_w = stats_k.image->block_w, block_h = stats_k.image->block_m / block_w;
+    const int64_t block_c = stats_k.image->block_c;
+    const int64_t num_th = (h_out + block_h - 1) / block_h, num_tw = (w_out + block_w - 1) / block_w;
+    const int64_t num_p_tiles = num_th * num_tw;
     const int64_t num_c_blocks = (c_out + block_c - 1) / block_c;
     const int64_t grid = n * num_p_tiles * num_c_blocks;  // launch() checks every grid's size
     const int64_t group_run = channels_per_group * num_p_tiles;
@@ -298,16 +305,18 @@ at::Tensor forward_cuda(FUSEDCONV_FORWARD_PARAMS) {
     CUdeviceptr stats = part_m2 + n_part * sizeof(float);
     CUdeviceptr values = !store_v ? 0 : n_values ? stats + 2 * n * num_groups * sizeof(float) : ptr(y);
 
-    int32_t a_tiles = i32(num_p_tiles, "tiles"), a_cblocks = i32(num_c_blocks, "channel blocks");
-    int32_t a_block_m = i32(block_m, "BLOCK_M");
+    int32_t a_th = i32(num_th, "tile rows"), a_tw = i32(num_tw, "tile columns");
+    int32_t a_cblocks = i32(num_c_blocks, "channel blocks");
+    int32_t a_block_h = i32(block_h, "BLOCK_H"), a_block_w = i32(block_w, "BLOCK_W");
+    i32(channels_per_group * num_p_tiles, "a group's tile count");
 
     // Argument order is the kernels' parameter order in triton_kernels/conv_sigmoid_groupnorm.py.
     void* stats_args[] = {&x_p, &w_p, &cb_p, &b_p, &s_p, &part_mean, &part_m2, &values,
-                          &a_c_out, &a_h, &a_w, &a_w_out, &a_hw_out, &a_kh, &a_kw, &a_k_total,
+                          &a_c_out, &a_h, &a_w, &a_h_out, &a_w_out, &a_kh, &a_kw, &a_k_total,
                           &a_sxn, &a_sxc, &a_sxh, &a_sxw, &a_sh, &a_sw, &a_ph, &a_pw, &a_dh, &a_dw,
-                          &a_tiles, &a_cblocks, &a_has_cb, &no_scratch, &no_scratch};
-    void* group_args[] = {&part_mean, &part_m2, &stats, &a_cpg, &a_hw_out, &a_tiles, &a_block_m,
-                          &a_eps, &no_scratch, &no_scratch};
+                          &a_th, &a_tw, &a_cblocks, &a_has_cb, &no_scratch, &no_scratch};
+    void* group_args[] = {&part_mean, &part_m2, &stats, &a_cpg, &a_h_out, &a_w_out, &a_th, &a_tw,
+                          &a_block_h, &a_block_w, &a_eps, &no_scratch, &no_scratch};
     launch(stats_k, grid, stats_args, s);
     launch(group_k, n * num_groups, group_args, s);
     if (store_v) {
@@ -320,11 +329,12 @@ at::Tensor forward_cuda(FUSEDCONV_FORWARD_PARAMS) {
                             &a_cpg, &a_blocks, &a_has_gw, &a_has_gb, &no_scratch, &no_scratch};
       launch(apply_k, apply_grid, apply_args, s);
     } else {
-      const Kernel norm_k = load(device, find_image(set, "conv_norm", dtype, mode, config.c_str()));
+      const Kernel norm_k = load(device, find_image(set, unpadded_3x3 ? "conv3x3_norm" : "conv_norm", dtype, mode,
+                                                    config.c_str()));
       void* norm_args[] = {&x_p, &w_p, &cb_p, &b_p, &s_p, &gw_p, &gb_p, &stats, &y_p,
-                           &a_c_out, &a_h, &a_w, &a_w_out, &a_hw_out, &a_kh, &a_kw, &a_k_total,
+                           &a_c_out, &a_h, &a_w, &a_h_out, &a_w_out, &a_kh, &a_kw, &a_k_total,
                            &a_sxn, &a_sxc, &a_sxh, &a_sxw, &a_sh, &a_sw, &a_ph, &a_pw, &a_dh, &a_dw,
-                           &a_tiles, &a_cblocks, &a_has_cb, &a_groups, &a_cpg, &a_has_gw, &a_has_gb,
+                           &a_th, &a_tw, &a_cblocks, &a_has_cb, &a_groups, &a_cpg, &a_has_gw, &a_has_gb,
                            &no_scratch, &no_scratch};
       launch(norm_k, grid, norm_args, s);
     }
@@ -336,7 +346,8 @@ at::Tensor forward_cuda(FUSEDCONV_FORWARD_PARAMS) {
   const KernelImage* resident = resident_image(set, dtype, "", channels_per_group, hw_out);
   const Overrides forced_overrides = overrides();
   const std::string& forced = forced_overrides.algorithm;
-  const std::string config = forced_overrides.config.empty() ? conv_config_heuristic(c_out) : forced_overrides.config;
+  const std::string config = forced_overrides.config.empty() ? conv_config_heuristic(c_out, w_out)
+                                                                : forced_overrides.config;
   const bool config_is_resident = !forced_overrides.config.empty() &&
                                   resident_image(set, dtype, config, 0, 0) != nullptr;
   Choice choice{"materialize", config};

@@ -19,6 +19,7 @@ struct KernelImage {
   int arch;              // 89 for sm_89
   ImageFormat format;
   int block_m;           // positions per program (group_stats: its BLOCK)
+  int block_w;           // conv kernels: positions per tile row (BLOCK_W); else block_m
   int block_c;           // channels per program (group_stats: 0)
   int num_warps;
   int shared_bytes;      // dynamic shared memory per launch

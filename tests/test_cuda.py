@@ -110,6 +110,8 @@ def test_runs_on_the_current_stream():
     new = random_input(case, seed=2)
     x = old.cuda()
     new_gpu = new.cuda()
+    with torch.no_grad():  # a first call loads its kernels' modules, which may wait for the GPU
+        model(x)
     torch.cuda.synchronize()
     side = torch.cuda.Stream()
     with torch.cuda.stream(side), torch.no_grad():

@@ -132,7 +132,7 @@ def test_autotune_over_the_builds_configs_on_each_launched_kernel(files, arch):
         assert 2 <= len(got) <= 3
         # The key holds every shape argument the kernel gets, so a new shape is tuned again.
         key = ast.literal_eval(kw["key"])
-        assert {"HW_out"} <= set(key) and set(key) <= set(getattr(K, name).arg_names)
+        assert ("HW_out" in key or {"H_out", "W_out"} <= set(key)) and set(key) <= set(getattr(K, name).arg_names)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -202,10 +202,10 @@ def test_generator_follows_calls_and_ignores_other_kernels():
             tl.store(p, _unused_helper(1.0))
         ''')
     got = [name for name, _, _ in export.kernel_functions(source, ["group_stats_kernel"])]
-    assert got == ["group_stats_kernel"]
+    assert got == ["_tile_count", "group_stats_kernel"]
     got = [name for name, _, _ in export.kernel_functions(source, ["conv_stats_kernel"])]
-    assert got == ["_sigmoid", "_tf32_split", "_tile_coords", "_conv_bias_scale_sigmoid_tile", "_bias_scale_sigmoid",
-                   "conv_stats_kernel"]
+    assert got == ["_sigmoid", "_tf32_split", "_tile_coords", "_tile_positions", "_channel_params",
+                   "_bias_scale_sigmoid", "_conv_k_step", "_conv_bias_scale_sigmoid_tile", "conv_stats_kernel"]
     with pytest.raises(RuntimeError, match="module-level names"):
         export.kernel_functions(source + "\nLIMIT = 3\n\n@triton.jit\ndef k(p):\n    tl.store(p, LIMIT)\n", ["k"])
 
@@ -269,12 +269,13 @@ def test_every_config_under_the_interpreter(files, arch, pick):
 def test_autotune_path_under_the_interpreter(files, dtype, winner):
     """The real autotune path with a stand-in benchmarker that runs each candidate twice and
     declares `winner` fastest: timing runs must leave no trace (the fp32 normalization runs in
-    place), and the statistics must follow the tile size of the config that won. The conv's
-    candidates get BLOCK_M = 32, 64, 128 so the tile count depends on the choice."""
+    place), and the statistics must follow the tile of the config that won. The conv's
+    candidates get tiles of 2 x 16, 4 x 16 and 1 x 64 so the tile count depends on the choice."""
     module = import_file(files[90], f"exported_tuned_{winner}_{str(dtype)[6:]}")
     conv = module.conv_stats_kernel
-    conv.configs = [triton.Config(dict(BLOCK_M=m, BLOCK_C=c, BLOCK_K=16), num_warps=4, num_stages=1)
-                    for m, c in ((32, 16), (64, 32), (128, 64))]
+    conv.configs = [triton.Config(dict(BLOCK_H=h, BLOCK_W=w, BLOCK_C=c, BLOCK_K=16, K_STEPS=k),
+                                  num_warps=4, num_stages=1)
+                    for h, w, c, k in ((2, 16, 16, 0), (4, 16, 32, 1), (1, 64, 64, 2))]
     for name in TABLES:
         tuner = getattr(module, name)
         order = iter(range(len(tuner.configs)))

@@ -53,12 +53,27 @@ def interpreter_fixes(monkeypatch):
 
 TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
-# Ragged everywhere: positions not a multiple of any BLOCK_M, C_out not a multiple of BLOCK_C,
-# groups straddling channel blocks, padding, stride, dilation, a rectangular kernel.
+# Ragged everywhere: output rows and columns not multiples of any tile's, C_out not a multiple
+# of BLOCK_C, groups straddling channel blocks, padding, stride, dilation, a rectangular kernel;
+# K = 81 and 90, more than the unrolled K steps of any config, so their runtime remainder runs
+# too. The unpadded 3 x 3 cases run the kernels' TAPS = 3 flavour, the others TAPS = 0.
 CASES = [
     Case(n=2, c_in=3, c_out=20, h=19, w=21, kernel=(3, 2), groups=4, stride=(1, 2), padding=(1, 0), dilation=(1, 2)),
     Case(n=1, c_in=5, c_out=6, h=9, w=7, kernel=(1, 1), groups=6),
+    Case(n=1, c_in=10, c_out=33, h=4, w=131, groups=3, padding=(1, 1)),
+    Case(n=2, c_in=9, c_out=20, h=5, w=133, groups=4),
+    Case(n=1, c_in=3, c_out=8, h=15, w=17, groups=2, stride=(2, 1), dilation=(1, 2)),
 ]
+
+
+def taps(case):
+    """The conv kernels' flavour the runtime picks for a case (csrc/forward_cuda.cpp)."""
+    return 3 if case.kernel == (3, 3) and case.padding == (0, 0) else 0
+
+
+def tiling(cfg, h_out, w_out):
+    """(tile rows, tile columns) of a conv config on an output size."""
+    return -(-h_out // cfg.meta["BLOCK_H"]), -(-w_out // cfg.meta["BLOCK_W"])
 
 
 def conv_variants():
@@ -88,17 +103,17 @@ def run_pipeline(case, dtype_name, precision, conv_cfg, stats_cfg, algorithm, ap
     conv, gn = model.conv, model.group_norm
     c_out, g = case.c_out, case.groups
     hw = h_out * w_out
-    bm, bc = conv_cfg.meta["BLOCK_M"], conv_cfg.meta["BLOCK_C"]
-    tiles, cblocks = -(-hw // bm), -(-c_out // bc)
+    th, tw = tiling(conv_cfg, h_out, w_out)
+    tiles, cblocks = th * tw, -(-c_out // conv_cfg.meta["BLOCK_C"])
     nan = float("nan")
     part_mean = torch.full((case.n, c_out, tiles), nan)
     part_m2 = torch.full((case.n, c_out, tiles), nan)
     stats = torch.full((case.n, g, 2), nan)
     values = torch.full((case.n, c_out, h_out, w_out), nan)
     y = torch.full((case.n, c_out, h_out, w_out), nan, dtype=dtype)
-    geometry = (c_out, case.h, case.w, w_out, hw, *case.kernel, w.shape[1], *x.stride(),
-                *case.stride, *case.padding, *case.dilation, tiles, cblocks, 1)
-    meta = dict(conv_cfg.meta, PRECISION=precision)
+    geometry = (c_out, case.h, case.w, h_out, w_out, *case.kernel, w.shape[1], *x.stride(),
+                *case.stride, *case.padding, *case.dilation, th, tw, cblocks, 1)
+    meta = dict(conv_cfg.meta, PRECISION=precision, TAPS=taps(case))
     p = lambda t: t.detach().reshape(-1)  # noqa: E731
     store = algorithm == "materialize"
     K.conv_stats_kernel[(case.n * tiles * cblocks,)](
@@ -106,7 +121,8 @@ def run_pipeline(case, dtype_name, precision, conv_cfg, stats_cfg, algorithm, ap
         STORE_V=store, **meta)
     assert torch.isfinite(part_mean).all() and (part_m2 >= 0).all()
     assert torch.isfinite(values).all() == store, "values written exactly when STORE_V"
-    K.group_stats_kernel[(case.n * g,)](part_mean, part_m2, stats, c_out // g, hw, tiles, bm,
+    K.group_stats_kernel[(case.n * g,)](part_mean, part_m2, stats, c_out // g, h_out, w_out, th, tw,
+                                        conv_cfg.meta["BLOCK_H"], conv_cfg.meta["BLOCK_W"],
                                         gn.eps, **stats_cfg.meta)
     assert torch.isfinite(stats).all() and (stats[..., 1] > 0).all()
     if store:
@@ -145,24 +161,28 @@ def test_group_norm_apply_configs(apply_cfg, dtype):
 
 
 def test_group_stats_tiny_variance_next_to_a_large_mean():
-    """Chan's merge stays exact where sum(v^2) - sum(v)^2/n would cancel: 1000 + tiny noise."""
+    """Chan's merge stays exact where sum(v^2) - sum(v)^2/n would cancel: 1000 + tiny noise,
+    over 2 x 4 tiles of 4 x 16 positions whose last row and column of tiles are ragged."""
     torch.manual_seed(0)
-    tiles, bm, hw, cpg = 7, 64, 7 * 64 - 5, 3
-    vals = 1000.0 + 1e-3 * torch.randn(1, cpg, hw, dtype=torch.float64)
-    counts = torch.tensor([min(bm, hw - t * bm) for t in range(tiles)])
-    chunks = [vals[..., t * bm: t * bm + int(counts[t])] for t in range(tiles)]
+    h_out, w_out, th_, tw_, cpg = 7, 61, 4, 16, 3
+    num_th, num_tw = -(-h_out // th_), -(-w_out // tw_)
+    vals = 1000.0 + 1e-3 * torch.randn(1, cpg, h_out, w_out, dtype=torch.float64)
+    chunks = [vals[..., i * th_:(i + 1) * th_, j * tw_:(j + 1) * tw_].reshape(1, cpg, -1)
+              for i in range(num_th) for j in range(num_tw)]
     mean = torch.stack([c.mean(-1) for c in chunks], -1).float()
     m2 = torch.stack([((c - c.mean(-1, keepdim=True)) ** 2).sum(-1) for c in chunks], -1).float()
     stats = torch.full((1, 1, 2), float("nan"))
-    K.group_stats_kernel[(1,)](mean.contiguous(), m2.contiguous(), stats, cpg, hw, tiles, bm, 0.0, BLOCK=64)
+    K.group_stats_kernel[(1,)](mean.contiguous(), m2.contiguous(), stats, cpg, h_out, w_out, num_th, num_tw,
+                               th_, tw_, 0.0, BLOCK=64)
     var = vals.var(unbiased=False).item()
     assert abs(stats[0, 0, 0].item() - vals.mean().item()) < 1e-3
     assert stats[0, 0, 1].item() == pytest.approx(var ** -0.5, rel=1e-3)
 
 
+@pytest.mark.parametrize("flavour", [0, 3])
 @pytest.mark.parametrize("special", ["inf", "nan"])
 @pytest.mark.parametrize("precision", ["ieee", "tf32x3_split", "tf32"])
-def test_non_finite_inputs_match_the_reference(precision, special):
+def test_non_finite_inputs_match_the_reference(precision, special, flavour):
     """x = +-inf makes the conv +-inf, and sigmoid maps that to 0 or 1: the reference stays
     finite, and a precision split that computes inf - inf would make the group NaN. A NaN
     makes its whole (sample, group) NaN through the statistics, in the reference too."""
@@ -178,27 +198,30 @@ def test_non_finite_inputs_match_the_reference(precision, special):
     with torch.no_grad():
         exp = ref.double()(x.double())
     assert torch.isfinite(exp).all() == (special == "inf")
-    out = run_conv_only(model, x, case, precision)
+    out = run_conv_only(model, x, case, precision, flavour)
     torch.testing.assert_close(out, exp.float(), atol=1e-4, rtol=1e-4, equal_nan=True)
 
 
-def run_conv_only(model, x, case, precision):
-    """The materialize pipeline for fp32 at one config (the inputs are what matters here)."""
+def run_conv_only(model, x, case, precision, flavour):
+    """The materialize pipeline for fp32 at one config (the inputs are what matters here),
+    with the conv kernels' TAPS = `flavour`."""
     conv, gn = model.conv, model.group_norm
     w = conv.weight.detach().reshape(case.c_out, -1).contiguous()
     cfg = V.CONV_CONFIGS[-1]
     h_out, w_out = case.h - case.kernel[0] + 1, case.w - case.kernel[1] + 1
-    hw, bm, g = h_out * w_out, cfg.meta["BLOCK_M"], case.groups
-    tiles, cblocks = -(-hw // bm), -(-case.c_out // cfg.meta["BLOCK_C"])
+    hw, g = h_out * w_out, case.groups
+    th, tw = tiling(cfg, h_out, w_out)
+    tiles, cblocks = th * tw, -(-case.c_out // cfg.meta["BLOCK_C"])
     part = [torch.full((case.n, case.c_out, tiles), float("nan")) for _ in range(2)]
     stats = torch.full((case.n, g, 2), float("nan"))
     y = torch.full((case.n, case.c_out, h_out, w_out), float("nan"))
     p = lambda t: t.detach().reshape(-1)  # noqa: E731
     K.conv_stats_kernel[(case.n * tiles * cblocks,)](
         x, w, p(conv.bias), p(model.bias), p(model.scale), *part, y,
-        case.c_out, case.h, case.w, w_out, hw, *case.kernel, w.shape[1], *x.stride(), 1, 1, 0, 0, 1, 1,
-        tiles, cblocks, 1, STORE_V=True, PRECISION=precision, **cfg.meta)
-    K.group_stats_kernel[(case.n * g,)](*part, stats, case.c_out // g, hw, tiles, bm, gn.eps, BLOCK=64)
+        case.c_out, case.h, case.w, h_out, w_out, *case.kernel, w.shape[1], *x.stride(), 1, 1, 0, 0, 1, 1,
+        th, tw, cblocks, 1, STORE_V=True, PRECISION=precision, TAPS=flavour, **cfg.meta)
+    K.group_stats_kernel[(case.n * g,)](*part, stats, case.c_out // g, h_out, w_out, th, tw,
+                                        cfg.meta["BLOCK_H"], cfg.meta["BLOCK_W"], gn.eps, BLOCK=64)
     blocks = -(-hw // 256)
     K.group_norm_apply_kernel[(case.n * case.c_out * blocks,)](
         y, stats, p(gn.weight), p(gn.bias), y, case.c_out, hw, g, case.c_out // g, blocks, 1, 1, BLOCK=256)

@@ -19,10 +19,10 @@ Index conventions shared by the conv kernels:
   x       [N, C_in, H, W]           any strides; the batch stride is 64-bit, the others 32-bit
   weight  [C_out, C_in * KH * KW]   contiguous
   y       [N, C_out, H_out * W_out] contiguous
-  partial [N, C_out, P_TILES]       fp32 tile mean and M2
+  partial [N, C_out, TH * TW]       fp32 tile mean and M2, tiles row-major
   stats   [N, G, 2]                 fp32 (mean, rstd)
-  one program per (n, position tile, channel block), channel block fastest so the programs
-  that share an x tile run together and find it in L2.
+  one program per (n, BLOCK_H x BLOCK_W tile of output positions, channel block), channel
+  block fastest so the programs that share an x tile run together and find it in L2.
 """
 import triton
 import triton.language as tl
@@ -48,91 +48,143 @@ def _tf32_split(v):
 
 
 @triton.jit
-def _tile_coords(num_p_tiles, num_c_blocks):
+def _tile_coords(num_th, num_tw, num_c_blocks):
     pid = tl.program_id(0)
     c_block = pid % num_c_blocks
     rest = pid // num_c_blocks
-    return rest // num_p_tiles, rest % num_p_tiles, c_block
+    tw = rest % num_tw
+    rest = rest // num_tw
+    return rest // num_th, rest % num_th, tw, c_block
 
 
 @triton.jit
-def _conv_bias_scale_sigmoid_tile(
-    x_ptr, w_ptr, conv_bias_ptr, bias_ptr, scale_ptr,
-    n, offs_p, offs_c, p_mask, c_mask,
-    H, W, W_out, KH, KW, K_total,
-    stride_xn, stride_xc, stride_xh, stride_xw,
-    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
-    has_conv_bias,
-    BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr,
-    PRECISION: tl.constexpr,
-):
-    """sigmoid(((conv(x, w) + conv_bias) + bias) * scale) for BLOCK_C channels x BLOCK_M
-    positions, in fp32, channels first. Entries outside c_mask/p_mask hold garbage: callers
-    mask.
+def _tile_positions(th, tw, H_out, W_out, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
+    """A BLOCK_H x BLOCK_W tile of output positions, row-major: constexpr shifts, no runtime
+    division, and a row of x per tap and channel is one contiguous run."""
+    m = tl.arange(0, BLOCK_H * BLOCK_W)
+    oh = th * BLOCK_H + m // BLOCK_W
+    ow = tw * BLOCK_W + m % BLOCK_W
+    return oh, ow, (oh < H_out) & (ow < W_out)
 
-    Computed transposed, acc[C, M] = W[C, K] @ im2col(x)^T[K, M], so that positions are the
-    last dimension of every tile: Triton orders threads along the last dimension when it
-    cannot prove contiguity (runtime strides, positions decoded with div/mod), and along
-    positions both the x gathers and the y stores are coalesced."""
-    oh = offs_p // W_out
-    ow = offs_p % W_out
-    ih0 = oh * stride_h - pad_h
-    iw0 = ow * stride_w - pad_w
-    x_sample = x_ptr + n.to(tl.int64) * stride_xn
-    pos_off = ih0 * stride_xh + iw0 * stride_xw
-    # The whole load mask is one unsigned compare per axis, 0 <= ih < H and 0 <= iw < W:
-    # positions past the tile's end and k past K_total get a row far outside x instead of
-    # masks of their own (per-element mask arithmetic dominated the loop's SASS).
-    FAR: tl.constexpr = -(1 << 29)
-    ih0 = tl.where(p_mask, ih0, FAR)
-    # k -> (ci, kh, kw) by multiplying with a reciprocal instead of integer division (a
-    # ~20-instruction sequence on the GPU). The distance of (k + 0.5) / d to an integer is at
-    # least 0.5 / d, and a reciprocal within 2 ulp (plain "/", no slow-path call like div_rn's)
-    # keeps the product's error below that while k < 2^21; the launcher keeps K_total < 2^20.
-    inv_khw = 1.0 / (KH * KW).to(tl.float32)
-    inv_kw = 1.0 / KW.to(tl.float32)
-    acc = tl.zeros((BLOCK_C, BLOCK_M), dtype=tl.float32)
-    # Implicit GEMM: K runs over (ci, kh, kw).
-    for k0 in range(0, K_total, BLOCK_K):
-        offs_k = k0 + tl.arange(0, BLOCK_K)
+
+@triton.jit
+def _channel_params(conv_bias_ptr, bias_ptr, scale_ptr, offs_c, c_mask, has_conv_bias):
+    """The epilogue's per-channel fp32 vectors. A missing conv bias is a masked-off load (reads
+    nothing, yields 0): no extra variant."""
+    conv_bias = tl.load(conv_bias_ptr + offs_c, mask=c_mask & (has_conv_bias != 0), other=0.0)
+    bias = tl.load(bias_ptr + offs_c, mask=c_mask, other=0.0)
+    scale = tl.load(scale_ptr + offs_c, mask=c_mask, other=0.0)
+    return conv_bias.to(tl.float32), bias.to(tl.float32), scale.to(tl.float32)
+
+
+@triton.jit
+def _bias_scale_sigmoid(acc, conv_bias, bias, scale):
+    """The conv's epilogue, with the channel vectors already broadcast against acc, in the
+    reference's order of rounding: ((conv + conv_bias) + bias) * scale."""
+    return _sigmoid((acc + conv_bias + bias) * scale)
+
+
+@triton.jit
+def _conv_k_step(
+    acc, k0, x_sample, pos_off, ih0, iw0, w_ptr, offs_c, c_mask,
+    H, W, KH, KW, K_total, inv_khw, inv_kw,
+    stride_xc, stride_xh, stride_xw, dil_h, dil_w,
+    BLOCK_K: tl.constexpr, TAPS: tl.constexpr, PRECISION: tl.constexpr,
+):
+    """acc[M, C] += im2col(x)[M, k0:k0+BLOCK_K] @ W^T[k0:k0+BLOCK_K, C]."""
+    offs_k = k0 + tl.arange(0, BLOCK_K)
+    if TAPS > 0:
+        # An unpadded TAPS x TAPS kernel over clamped positions: k decodes by constants, and
+        # every tap lies inside x, so only k past K_total is masked.
+        ci = offs_k // (TAPS * TAPS)
+        kh = offs_k % (TAPS * TAPS) // TAPS
+        dh = kh * dil_h
+        dw = offs_k % TAPS * dil_w
+        x_mask = (offs_k < K_total)[None, :]
+    else:
+        # k -> (ci, kh, kw) by multiplying with a reciprocal instead of integer division (a
+        # ~20-instruction sequence on the GPU). The distance of (k + 0.5) / d to an integer
+        # is at least 0.5 / d, and a reciprocal within 2 ulp (plain "/", no slow-path call
+        # like div_rn's) keeps the product's error below that while k < 2^21; the launcher
+        # keeps K_total < 2^20.
         ci = ((offs_k.to(tl.float32) + 0.5) * inv_khw).to(tl.int32)
         khw = offs_k - ci * (KH * KW)
         kh = ((khw.to(tl.float32) + 0.5) * inv_kw).to(tl.int32)
         dh = kh * dil_h
         dw = (khw - kh * KW) * dil_w
-        ih = tl.where(offs_k < K_total, dh, FAR)[:, None] + ih0[None, :]
-        iw = dw[:, None] + iw0[None, :]
+        # One unsigned compare per axis, 0 <= ih < H and 0 <= iw < W, is the whole load mask:
+        # k past K_total gets a row far outside x (as do positions past the tile's end, in
+        # ih0).
+        FAR: tl.constexpr = -(1 << 29)
+        ih = ih0[:, None] + tl.where(offs_k < K_total, dh, FAR)[None, :]
+        iw = iw0[:, None] + dw[None, :]
         x_mask = (ih.to(tl.uint32, bitcast=True) < H.to(tl.uint32)) & \
                  (iw.to(tl.uint32, bitcast=True) < W.to(tl.uint32))
-        tap_off = ci * stride_xc + dh * stride_xh + dw * stride_xw
-        x_tile = tl.load(x_sample + tap_off[:, None] + pos_off[None, :], mask=x_mask, other=0.0)
-        w_tile = tl.load(w_ptr + offs_c[:, None] * K_total + offs_k[None, :],
-                         mask=c_mask[:, None] & (offs_k < K_total)[None, :], other=0.0)
-        if PRECISION == "tf32x3_split":
-            # fp32-accurate on TF32 tensor cores: w*x ~ w_hi*x_lo + w_lo*x_hi + w_hi*x_hi
-            # (w_lo*x_lo, ~2^-20 relative, dropped), small terms first. Cheaper than Triton's
-            # "tf32x3", whose round-to-nearest split cost ~150 instructions per K step.
-            w_hi, w_lo = _tf32_split(w_tile)
-            x_hi, x_lo = _tf32_split(x_tile)
-            acc = tl.dot(w_hi, x_lo, acc, input_precision="tf32")
-            acc = tl.dot(w_lo, x_hi, acc, input_precision="tf32")
-            acc = tl.dot(w_hi, x_hi, acc, input_precision="tf32")
-        else:
-            acc = tl.dot(w_tile, x_tile, acc, input_precision=PRECISION)
-
-    return _bias_scale_sigmoid(acc, conv_bias_ptr, bias_ptr, scale_ptr, offs_c, c_mask, has_conv_bias)
+    tap_off = ci * stride_xc + dh * stride_xh + dw * stride_xw
+    x_tile = tl.load(x_sample + pos_off[:, None] + tap_off[None, :], mask=x_mask, other=0.0)
+    w_tile = tl.load(w_ptr + offs_c[None, :] * K_total + offs_k[:, None],
+                     mask=c_mask[None, :] & (offs_k < K_total)[:, None], other=0.0)
+    if PRECISION == "tf32x3_split":
+        # fp32-accurate on TF32 tensor cores: x*w ~ x_lo*w_hi + x_hi*w_lo + x_hi*w_hi
+        # (x_lo*w_lo, ~2^-20 relative, dropped), small terms first. Cheaper than Triton's
+        # "tf32x3", whose round-to-nearest split cost ~150 instructions per K step.
+        x_hi, x_lo = _tf32_split(x_tile)
+        w_hi, w_lo = _tf32_split(w_tile)
+        acc = tl.dot(x_lo, w_hi, acc, input_precision="tf32")
+        acc = tl.dot(x_hi, w_lo, acc, input_precision="tf32")
+        acc = tl.dot(x_hi, w_hi, acc, input_precision="tf32")
+    else:
+        acc = tl.dot(x_tile, w_tile, acc, input_precision=PRECISION)
+    return acc
 
 
 @triton.jit
-def _bias_scale_sigmoid(acc, conv_bias_ptr, bias_ptr, scale_ptr, offs_c, c_mask, has_conv_bias):
-    """The conv's epilogue on acc[C, M]."""
-    # A missing conv bias is a masked-off load (reads nothing, yields 0): no extra variant.
-    conv_bias = tl.load(conv_bias_ptr + offs_c, mask=c_mask & (has_conv_bias != 0), other=0.0)
-    bias = tl.load(bias_ptr + offs_c, mask=c_mask, other=0.0)
-    scale = tl.load(scale_ptr + offs_c, mask=c_mask, other=0.0)
-    # The reference's order of rounding: ((conv + conv_bias) + bias) * scale.
-    z = (acc + conv_bias.to(tl.float32)[:, None] + bias.to(tl.float32)[:, None]) * scale.to(tl.float32)[:, None]
-    return _sigmoid(z)
+def _conv_bias_scale_sigmoid_tile(
+    x_ptr, w_ptr, conv_bias_ptr, bias_ptr, scale_ptr,
+    n, oh, ow, p_mask, offs_c, c_mask,
+    H, W, KH, KW, K_total,
+    stride_xn, stride_xc, stride_xh, stride_xw,
+    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+    has_conv_bias,
+    BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr, K_STEPS: tl.constexpr,
+    TAPS: tl.constexpr, PRECISION: tl.constexpr,
+):
+    """sigmoid(((conv(x, w) + conv_bias) + bias) * scale) for BLOCK_M positions x BLOCK_C
+    channels, in fp32, positions first. Entries outside p_mask/c_mask hold garbage: callers
+    mask.
+
+    Positions are the dot's M dimension, so that on sm_90 a 4-warp program's 128 positions
+    are a warpgroup MMA (acc[C, M] with 32 channels as M ran 1.5-2x slower on the H200:
+    docs/performance.md, v7). The first K_STEPS K steps are unrolled at compile time, so the
+    loads of every step are in flight together (a runtime loop over the same steps ran up to
+    2x slower at K = 72); the rest, if any, run in a runtime loop.
+
+    TAPS > 0 is the launcher's promise of an unpadded TAPS x TAPS kernel (KH = KW = TAPS,
+    padding 0): positions past the output are clamped to its first one instead of masked, so
+    every tap of every position lies inside x and loads need no bounds test (bounds tests
+    and k decoding by reciprocals cost 1.2-1.6x at the benchmark shape, v7)."""
+    if TAPS > 0:
+        oh = tl.where(p_mask, oh, 0)
+        ow = tl.where(p_mask, ow, 0)
+    ih0 = oh * stride_h - pad_h
+    iw0 = ow * stride_w - pad_w
+    x_sample = x_ptr + n.to(tl.int64) * stride_xn
+    pos_off = ih0 * stride_xh + iw0 * stride_xw
+    FAR: tl.constexpr = -(1 << 29)  # as in _conv_k_step: positions past the tile fail the row test
+    ih0 = tl.where(p_mask, ih0, FAR)
+    inv_khw = 1.0 / (KH * KW).to(tl.float32)
+    inv_kw = 1.0 / KW.to(tl.float32)
+    acc = tl.zeros((BLOCK_M, BLOCK_C), dtype=tl.float32)
+    for step in tl.static_range(K_STEPS):
+        acc = _conv_k_step(acc, step * BLOCK_K, x_sample, pos_off, ih0, iw0, w_ptr, offs_c, c_mask,
+                           H, W, KH, KW, K_total, inv_khw, inv_kw,
+                           stride_xc, stride_xh, stride_xw, dil_h, dil_w, BLOCK_K, TAPS, PRECISION)
+    for k0 in range(K_STEPS * BLOCK_K, K_total, BLOCK_K):
+        acc = _conv_k_step(acc, k0, x_sample, pos_off, ih0, iw0, w_ptr, offs_c, c_mask,
+                           H, W, KH, KW, K_total, inv_khw, inv_kw,
+                           stride_xc, stride_xh, stride_xw, dil_h, dil_w, BLOCK_K, TAPS, PRECISION)
+    conv_bias, bias, scale = _channel_params(conv_bias_ptr, bias_ptr, scale_ptr, offs_c, c_mask, has_conv_bias)
+    return _bias_scale_sigmoid(acc, conv_bias[None, :], bias[None, :], scale[None, :])
 
 
 @triton.jit
@@ -142,62 +194,70 @@ def conv_stats_kernel(
     conv_bias_ptr,  # [C_out]; read only if has_conv_bias
     bias_ptr,       # [C_out]
     scale_ptr,      # [C_out]
-    part_mean_ptr,  # [N, C_out, num_p_tiles] fp32, out
-    part_m2_ptr,    # [N, C_out, num_p_tiles] fp32, out
+    part_mean_ptr,  # [N, C_out, num_th * num_tw] fp32, out
+    part_m2_ptr,    # [N, C_out, num_th * num_tw] fp32, out
     v_ptr,          # [N, C_out, H_out*W_out] fp32, out if STORE_V: the values to normalize
-    C_out, H, W, W_out, HW_out, KH, KW, K_total,
+    C_out, H, W, H_out, W_out, KH, KW, K_total,
     stride_xn, stride_xc, stride_xh, stride_xw,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
-    num_p_tiles, num_c_blocks, has_conv_bias,
-    BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr,
-    PRECISION: tl.constexpr, STORE_V: tl.constexpr,
+    num_th, num_tw, num_c_blocks, has_conv_bias,
+    BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr,
+    K_STEPS: tl.constexpr, TAPS: tl.constexpr, PRECISION: tl.constexpr, STORE_V: tl.constexpr,
 ):
-    n, p_tile, c_block = _tile_coords(num_p_tiles, num_c_blocks)
-    offs_p = p_tile * BLOCK_M + tl.arange(0, BLOCK_M)
+    n, th, tw, c_block = _tile_coords(num_th, num_tw, num_c_blocks)
+    oh, ow, p_mask = _tile_positions(th, tw, H_out, W_out, BLOCK_H, BLOCK_W)
     offs_c = c_block * BLOCK_C + tl.arange(0, BLOCK_C)
-    p_mask = offs_p < HW_out
     c_mask = offs_c < C_out
     v = _conv_bias_scale_sigmoid_tile(
         x_ptr, w_ptr, conv_bias_ptr, bias_ptr, scale_ptr,
-        n, offs_p, offs_c, p_mask, c_mask,
-        H, W, W_out, KH, KW, K_total,
+        n, oh, ow, p_mask, offs_c, c_mask,
+        H, W, KH, KW, K_total,
         stride_xn, stride_xc, stride_xh, stride_xw,
         stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
-        has_conv_bias, BLOCK_M, BLOCK_C, BLOCK_K, PRECISION)
+        has_conv_bias, BLOCK_H * BLOCK_W, BLOCK_C, BLOCK_K, K_STEPS, TAPS, PRECISION)
     # Two passes over registers: the tile's own mean first, then squared deviations from it,
     # so M2 never suffers the cancellation of sum(v^2) - sum(v)^2 / n.
-    count = tl.minimum(HW_out - p_tile * BLOCK_M, BLOCK_M).to(tl.float32)
-    tile_mean = tl.sum(tl.where(p_mask[None, :], v, 0.0), axis=1) / count
-    dev = tl.where(p_mask[None, :], v - tile_mean[:, None], 0.0)
-    tile_m2 = tl.sum(dev * dev, axis=1)
-    out = (n.to(tl.int64) * C_out + offs_c) * num_p_tiles + p_tile
+    count = (tl.minimum(H_out - th * BLOCK_H, BLOCK_H) * tl.minimum(W_out - tw * BLOCK_W, BLOCK_W)).to(tl.float32)
+    tile_mean = tl.sum(tl.where(p_mask[:, None], v, 0.0), axis=0) / count
+    dev = tl.where(p_mask[:, None], v - tile_mean[None, :], 0.0)
+    tile_m2 = tl.sum(dev * dev, axis=0)
+    out = (n.to(tl.int64) * C_out + offs_c) * (num_th * num_tw) + th * num_tw + tw
     tl.store(part_mean_ptr + out, tile_mean, mask=c_mask)
     tl.store(part_m2_ptr + out, tile_m2, mask=c_mask)
     if STORE_V:
-        v_out = (n.to(tl.int64) * C_out + offs_c[:, None]) * HW_out + offs_p[None, :]
-        tl.store(v_ptr + v_out, v, mask=c_mask[:, None] & p_mask[None, :])
+        v_out = (n.to(tl.int64) * C_out + offs_c[None, :]) * (H_out * W_out) + (oh * W_out + ow)[:, None]
+        tl.store(v_ptr + v_out, v, mask=p_mask[:, None] & c_mask[None, :])
+
+
+@triton.jit
+def _tile_count(tile, H_out, W_out, num_tw, tile_h, tile_w):
+    """Output positions inside the tile_h x tile_w tile numbered `tile` (row-major tiles)."""
+    rows = tl.minimum(H_out - (tile // num_tw) * tile_h, tile_h)
+    cols = tl.minimum(W_out - (tile % num_tw) * tile_w, tile_w)
+    return (rows * cols).to(tl.float32)
 
 
 @triton.jit
 def group_stats_kernel(
-    part_mean_ptr,  # [N, C_out, num_p_tiles] fp32
-    part_m2_ptr,    # [N, C_out, num_p_tiles] fp32
+    part_mean_ptr,  # [N, C_out, num_th * num_tw] fp32
+    part_m2_ptr,    # [N, C_out, num_th * num_tw] fp32
     stats_ptr,      # [N, G, 2] fp32, out: (mean, rstd)
-    channels_per_group, HW_out, num_p_tiles, tile_m, eps,
+    channels_per_group, H_out, W_out, num_th, num_tw, tile_h, tile_w, eps,
     BLOCK: tl.constexpr,
 ):
     # One program per (n, group). A group's channels are adjacent, so its partials are one
-    # contiguous run of channels_per_group * num_p_tiles entries.
+    # contiguous run of channels_per_group * num_th * num_tw entries.
     pid = tl.program_id(0)
-    run = channels_per_group * num_p_tiles
+    num_tiles = num_th * num_tw
+    run = channels_per_group * num_tiles
     base = pid.to(tl.int64) * run
-    total = (channels_per_group * HW_out).to(tl.float32)
+    total = (channels_per_group * H_out * W_out).to(tl.float32)
 
     weighted = tl.zeros((BLOCK,), dtype=tl.float32)
     for i0 in range(0, run, BLOCK):
         i = i0 + tl.arange(0, BLOCK)
         mask = i < run
-        count = tl.minimum(HW_out - (i % num_p_tiles) * tile_m, tile_m).to(tl.float32)
+        count = _tile_count(i % num_tiles, H_out, W_out, num_tw, tile_h, tile_w)
         weighted += tl.where(mask, count * tl.load(part_mean_ptr + base + i, mask=mask, other=0.0), 0.0)
     mean = tl.sum(weighted, axis=0) / total
 
@@ -206,7 +266,7 @@ def group_stats_kernel(
     for i0 in range(0, run, BLOCK):
         i = i0 + tl.arange(0, BLOCK)
         mask = i < run
-        count = tl.minimum(HW_out - (i % num_p_tiles) * tile_m, tile_m).to(tl.float32)
+        count = _tile_count(i % num_tiles, H_out, W_out, num_tw, tile_h, tile_w)
         d = tl.load(part_mean_ptr + base + i, mask=mask, other=0.0) - mean
         part = tl.load(part_m2_ptr + base + i, mask=mask, other=0.0) + count * d * d
         m2 += tl.where(mask, part, 0.0)
@@ -227,34 +287,33 @@ def conv_norm_kernel(
     gn_bias_ptr,    # [C_out]; read only if has_gn_bias
     stats_ptr,      # [N, G, 2] fp32 (mean, rstd)
     y_ptr,          # [N, C_out, H_out*W_out], contiguous, out
-    C_out, H, W, W_out, HW_out, KH, KW, K_total,
+    C_out, H, W, H_out, W_out, KH, KW, K_total,
     stride_xn, stride_xc, stride_xh, stride_xw,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
-    num_p_tiles, num_c_blocks, has_conv_bias,
+    num_th, num_tw, num_c_blocks, has_conv_bias,
     num_groups, channels_per_group, has_gn_weight, has_gn_bias,
-    BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr,
-    PRECISION: tl.constexpr,
+    BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr,
+    K_STEPS: tl.constexpr, TAPS: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    n, p_tile, c_block = _tile_coords(num_p_tiles, num_c_blocks)
-    offs_p = p_tile * BLOCK_M + tl.arange(0, BLOCK_M)
+    n, th, tw, c_block = _tile_coords(num_th, num_tw, num_c_blocks)
+    oh, ow, p_mask = _tile_positions(th, tw, H_out, W_out, BLOCK_H, BLOCK_W)
     offs_c = c_block * BLOCK_C + tl.arange(0, BLOCK_C)
-    p_mask = offs_p < HW_out
     c_mask = offs_c < C_out
     v = _conv_bias_scale_sigmoid_tile(
         x_ptr, w_ptr, conv_bias_ptr, bias_ptr, scale_ptr,
-        n, offs_p, offs_c, p_mask, c_mask,
-        H, W, W_out, KH, KW, K_total,
+        n, oh, ow, p_mask, offs_c, c_mask,
+        H, W, KH, KW, K_total,
         stride_xn, stride_xc, stride_xh, stride_xw,
         stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
-        has_conv_bias, BLOCK_M, BLOCK_C, BLOCK_K, PRECISION)
+        has_conv_bias, BLOCK_H * BLOCK_W, BLOCK_C, BLOCK_K, K_STEPS, TAPS, PRECISION)
     stat = (n.to(tl.int64) * num_groups + offs_c // channels_per_group) * 2
     mean = tl.load(stats_ptr + stat, mask=c_mask, other=0.0)
     rstd = tl.load(stats_ptr + stat + 1, mask=c_mask, other=0.0)
     gamma = tl.load(gn_weight_ptr + offs_c, mask=c_mask & (has_gn_weight != 0), other=1.0).to(tl.float32)
     beta = tl.load(gn_bias_ptr + offs_c, mask=c_mask & (has_gn_bias != 0), other=0.0).to(tl.float32)
-    y = (v - mean[:, None]) * (rstd * gamma)[:, None] + beta[:, None]
-    out = (n.to(tl.int64) * C_out + offs_c[:, None]) * HW_out + offs_p[None, :]
-    tl.store(y_ptr + out, y.to(y_ptr.dtype.element_ty), mask=c_mask[:, None] & p_mask[None, :])
+    y = (v - mean[None, :]) * (rstd * gamma)[None, :] + beta[None, :]
+    out = (n.to(tl.int64) * C_out + offs_c[None, :]) * (H_out * W_out) + (oh * W_out + ow)[:, None]
+    tl.store(y_ptr + out, y.to(y_ptr.dtype.element_ty), mask=p_mask[:, None] & c_mask[None, :])
 
 
 @triton.jit
@@ -339,7 +398,8 @@ def conv_resident_kernel(
         xv = tl.load(pos + (ci * stride_xc + dh * stride_xh + dw * stride_xw), mask=x_mask, other=0.0)
         wv = tl.load(w_rows + k, mask=c_mask, other=0.0)
         acc += wv.to(tl.float32)[:, None] * xv.to(tl.float32)[None, :]
-    v = _bias_scale_sigmoid(acc, conv_bias_ptr, bias_ptr, scale_ptr, offs_c, c_mask, has_conv_bias)
+    conv_bias, bias, scale = _channel_params(conv_bias_ptr, bias_ptr, scale_ptr, offs_c, c_mask, has_conv_bias)
+    v = _bias_scale_sigmoid(acc, conv_bias[:, None], bias[:, None], scale[:, None])
     # Exact two-pass statistics over registers: mean, then squared deviations from it.
     valid = c_mask[:, None] & p_mask[None, :]
     count = (channels_per_group * HW_out).to(tl.float32)

@@ -17,20 +17,21 @@ class Config:
     num_stages: int
 
 
-# Conv kernels. Registers follow the elements each thread holds: the accumulator
-# (BLOCK_C * BLOCK_M / threads) and the gathered x tile (BLOCK_K * BLOCK_M / threads), whose
-# every element carries a 64-bit pointer. The set was chosen by sweeping 16 candidates on the
-# H200 (docs/performance.md, v4 and v5): with only a few K steps per tile, software pipelining
-# (num_stages=2) cost more than it hid, and small 4-warp programs, several per SM, hid the
-# gathers' latency best. The channel tile follows C_out, because every channel block redoes
-# the whole gather: m64_c64 for C_out >= 64 (1.4-1.8x over m64_c32 on UNet shapes; 144-168
-# registers, no spills, above the 128 warning line but measured faster than its 8-warp
-# 111-register twin by 2x), m64_c32 for the benchmark's 32 channels, m64_c16, the small
-# fallback, for C_out <= 16.
+# Conv kernels: a BLOCK_H x BLOCK_W tile of positions (the dot's M, a warpgroup MMA on sm_90)
+# by BLOCK_C channels. Chosen from sweeps on the H200 (docs/performance.md, v4, v5, v7): small
+# 4-warp programs without software pipelining, several per SM, hide the gathers' latency best;
+# the channel tile follows C_out, because every channel block redoes the whole gather.
+# K_STEPS > 0 unrolls that many K steps at compile time (any K beyond them runs in a runtime
+# loop, so every config is correct for every shape): 5 steps of 16 cover the benchmark's
+# K = 72, and unrolled they ran 1.5-2x faster than the same steps in a runtime loop.
+#   h1w128_c32_k5  16 < C_out < 64 on images at least 96 wide: the benchmark's config
+#   h2w32_c64      C_out >= 64 (UNet shapes: half the gathers of two 32-channel blocks), and
+#                  16 < C_out < 64 on narrower images
+#   h4w32_c16      C_out <= 16, and the small fallback
 CONV_CONFIGS = (
-    Config("m64_c64", dict(BLOCK_M=64, BLOCK_C=64, BLOCK_K=16), num_warps=4, num_stages=1),
-    Config("m64_c32", dict(BLOCK_M=64, BLOCK_C=32, BLOCK_K=16), num_warps=4, num_stages=1),
-    Config("m64_c16", dict(BLOCK_M=64, BLOCK_C=16, BLOCK_K=16), num_warps=4, num_stages=1),
+    Config("h1w128_c32_k5", dict(BLOCK_H=1, BLOCK_W=128, BLOCK_C=32, BLOCK_K=16, K_STEPS=5), num_warps=4, num_stages=1),
+    Config("h2w32_c64", dict(BLOCK_H=2, BLOCK_W=32, BLOCK_C=64, BLOCK_K=16, K_STEPS=0), num_warps=4, num_stages=1),
+    Config("h4w32_c16", dict(BLOCK_H=4, BLOCK_W=32, BLOCK_C=16, BLOCK_K=16, K_STEPS=0), num_warps=4, num_stages=1),
 )
 
 # Statistics merge: one program per (sample, group) streams that group's partials.
@@ -80,11 +81,17 @@ class KernelSpec:
 
 
 # The image names the C++ runtime asks for.
+# The conv kernels come in two flavours: any kernel size and padding (TAPS = 0), and the
+# unpadded 3 x 3 kernel (TAPS = 3: no bounds tests, k decoded by constants), which the runtime
+# picks whenever the shape allows.
 KERNELS = {
-    "conv_stats": KernelSpec(k.conv_stats_kernel, CONV_CONFIGS, {"STORE_V": False}, True, True),
-    "conv_stats_store": KernelSpec(k.conv_stats_kernel, CONV_CONFIGS, {"STORE_V": True}, True, True),
+    "conv_stats": KernelSpec(k.conv_stats_kernel, CONV_CONFIGS, {"STORE_V": False, "TAPS": 0}, True, True),
+    "conv_stats_store": KernelSpec(k.conv_stats_kernel, CONV_CONFIGS, {"STORE_V": True, "TAPS": 0}, True, True),
+    "conv_norm": KernelSpec(k.conv_norm_kernel, CONV_CONFIGS, {"TAPS": 0}, True, True),
+    "conv3x3_stats": KernelSpec(k.conv_stats_kernel, CONV_CONFIGS, {"STORE_V": False, "TAPS": 3}, True, True),
+    "conv3x3_stats_store": KernelSpec(k.conv_stats_kernel, CONV_CONFIGS, {"STORE_V": True, "TAPS": 3}, True, True),
+    "conv3x3_norm": KernelSpec(k.conv_norm_kernel, CONV_CONFIGS, {"TAPS": 3}, True, True),
     "group_stats": KernelSpec(k.group_stats_kernel, GROUP_STATS_CONFIGS, {}, False, False),
-    "conv_norm": KernelSpec(k.conv_norm_kernel, CONV_CONFIGS, {}, True, True),
     "group_norm_apply": KernelSpec(k.group_norm_apply_kernel, APPLY_CONFIGS, {}, True, False),
     # Exact FP32 on every arch and dtype: small problems are latency-bound, not FLOP-bound.
     "conv_resident": KernelSpec(k.conv_resident_kernel, RESIDENT_CONFIGS, {}, True, False),

@@ -32,7 +32,8 @@ WRAPPER = Path(__file__).with_name("export_wrapper.py")
 # compute them after the autotuner has added that config's constexprs, for the timing runs and
 # the real one alike (the wrapper's grid lambdas use the same formulas over META).
 DERIVED = {
-    "conv_stats_kernel": {"num_p_tiles": 'triton.cdiv(args["HW_out"], args["BLOCK_M"])',
+    "conv_stats_kernel": {"num_th": 'triton.cdiv(args["H_out"], args["BLOCK_H"])',
+                          "num_tw": 'triton.cdiv(args["W_out"], args["BLOCK_W"])',
                           "num_c_blocks": 'triton.cdiv(args["C_out"], args["BLOCK_C"])'},
     "group_norm_apply_kernel": {"num_blocks": 'triton.cdiv(args["HW_out"], args["BLOCK"])'},
 }

@@ -38,22 +38,27 @@ def conv_sigmoid_group_norm(x, weight, conv_bias, bias, scale, gn_weight, gn_bia
     # fp32 values are normalized in place (group_norm_apply_kernel's autotuner restores y
     # between its timing runs); half inputs need an fp32 buffer of their own.
     values = y if x.dtype == torch.float32 else torch.empty(n, c_out, hw, **f32)
-    # The partials' layout, [N, C_out, tiles], follows the BLOCK_M the autotuner will pick:
-    # size them for the candidate with the most tiles; the kernels index them flat.
-    max_tiles = max(triton.cdiv(hw, c.kwargs["BLOCK_M"]) for c in conv_stats_kernel.configs)
+    # The partials' layout, [N, C_out, tiles], follows the tile the autotuner will pick: size
+    # them for the candidate with the most tiles; the kernels index them flat.
+    def tiles(meta):
+        return triton.cdiv(h_out, meta["BLOCK_H"]) * triton.cdiv(w_out, meta["BLOCK_W"])
+    max_tiles = max(tiles(c.kwargs) for c in conv_stats_kernel.configs)
     part_mean = torch.empty(n * c_out * max_tiles, **f32)
     part_m2 = torch.empty_like(part_mean)
     stats = torch.empty(n, num_groups, 2, **f32)
     wk = weight.reshape(c_out, -1).contiguous()
     has_conv_bias = conv_bias is not None
     conv_bias = (conv_bias if has_conv_bias else bias).reshape(-1).contiguous()
-    conv_stats_kernel[lambda META: (n * triton.cdiv(hw, META["BLOCK_M"]) * triton.cdiv(c_out, META["BLOCK_C"]),)](
+    conv_stats_kernel[lambda META: (n * tiles(META) * triton.cdiv(c_out, META["BLOCK_C"]),)](
         x, wk, conv_bias, bias.reshape(-1).contiguous(), scale.reshape(-1).contiguous(),
         part_mean, part_m2, values,
-        c_out, h, w, w_out, hw, kh, kw, wk.shape[1], *x.stride(), *stride, *padding, *dilation,
-        has_conv_bias=int(has_conv_bias), PRECISION=precision, STORE_V=True)
-    tile_m = conv_stats_kernel.best_config.kwargs["BLOCK_M"]  # the config that just ran
-    group_stats_kernel[(n * num_groups,)](part_mean, part_m2, stats, cpg, hw, triton.cdiv(hw, tile_m), tile_m, eps)
+        c_out, h, w, h_out, w_out, kh, kw, wk.shape[1], *x.stride(), *stride, *padding, *dilation,
+        has_conv_bias=int(has_conv_bias), PRECISION=precision, STORE_V=True,
+        TAPS=3 if (kh, kw) == (3, 3) and tuple(padding) == (0, 0) else 0)
+    # The config that just ran:
+    tile_h, tile_w = (conv_stats_kernel.best_config.kwargs[k] for k in ("BLOCK_H", "BLOCK_W"))
+    group_stats_kernel[(n * num_groups,)](part_mean, part_m2, stats, cpg, h_out, w_out, triton.cdiv(h_out, tile_h),
+                                          triton.cdiv(w_out, tile_w), tile_h, tile_w, eps)
     # A missing affine parameter is a masked-off load: any tensor serves as its pointer.
     gamma = (gn_weight if gn_weight is not None else bias).reshape(-1).contiguous()
     beta = (gn_bias if gn_bias is not None else bias).reshape(-1).contiguous()

@@ -40,7 +40,7 @@ def _overridden(get, set_, value):
 
 def forced_config(name: str):
     """Run the CUDA op with one block config instead of the heuristic's choice: a conv config
-    (e.g. "m64_c16") or a resident one (e.g. "r4_m256", which implies the resident
+    (e.g. "h4w32_c16") or a resident one (e.g. "r4_m256", which implies the resident
     algorithm). For tests and tuning; process-wide, so not for concurrent use."""
     return _overridden(torch.ops.fusedconv._get_config, torch.ops.fusedconv._set_config, name)
 

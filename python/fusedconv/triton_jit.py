@@ -36,9 +36,10 @@ def forward(x, weight, conv_bias, bias, scale, gn_weight, gn_bias, num_groups, e
     h_out = (x.shape[2] + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
     w_out = (x.shape[3] + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
     hw = h_out * w_out
-    # The C++ runtime's choices (csrc/forward_cuda.cpp): conv by C_out, the others by size.
-    conv = torch.ops.fusedconv._conv_config(c_out)
-    tiles = triton.cdiv(hw, _config(conv, V.CONV_CONFIGS).meta["BLOCK_M"])
+    # The C++ runtime's choices (csrc/forward_cuda.cpp): conv by shape, the others by size.
+    conv = torch.ops.fusedconv._conv_config(c_out, w_out)
+    meta = _config(conv, V.CONV_CONFIGS).meta
+    tiles = triton.cdiv(h_out, meta["BLOCK_H"]) * triton.cdiv(w_out, meta["BLOCK_W"])
     stats = "b256" if c_out // num_groups * tiles >= 512 else "b64"
     apply = "b512" if hw >= 512 else "b256"
     major, minor = torch.cuda.get_device_capability(x.device)
