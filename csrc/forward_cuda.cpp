@@ -262,12 +262,15 @@ at::Tensor forward_cuda(FUSEDCONV_FORWARD_PARAMS) {
   CUdeviceptr x_p = ptr(x), w_p = ptr(w_c), cb_p = ptr(cb_c), b_p = ptr(bias_c), s_p = ptr(scale_c);
   CUdeviceptr gw_p = ptr(gw_c), gb_p = ptr(gb_c), y_p = ptr(y);
 
-  // The conv kernels' 3 x 3 flavour (TAPS = 3) skips bounds tests: valid only without padding.
-  const bool unpadded_3x3 = kh == 3 && kw == 3 && g.padding[0] == 0 && g.padding[1] == 0;
+  // The conv kernels' 3 x 3 flavour (TAPS = 3) skips bounds tests, valid only without padding,
+  // and reads a row's taps at constant offsets, valid only for adjacent columns.
+  const bool unpadded_3x3 = kh == 3 && kw == 3 && g.padding[0] == 0 && g.padding[1] == 0 &&
+                            g.dilation[1] == 1 && x.stride(3) == 1;
   auto run = [&](const Choice& choice) {
     const std::string& config = choice.config;
     if (choice.algorithm == "resident") {
-      const Kernel k = load(device, find_image(set, "conv_resident", dtype, "any", config.c_str()));
+      const Kernel k = load(device, find_image(set, unpadded_3x3 ? "conv3x3_resident" : "conv_resident", dtype,
+                                               "any", config.c_str()));
       TORCH_CHECK_VALUE(k.image->block_c >= channels_per_group && k.image->block_m >= hw_out,
                         "fusedconv.forward: resident config ", config, " holds ", str(int64_t{k.image->block_c}),
                         " channels x ", str(int64_t{k.image->block_m}), " positions per group, but a group here has ",

@@ -16,9 +16,11 @@ CASES = [
     Case(n=1, c_in=5, c_out=40, h=9, w=17, groups=8, padding=(0, 2)),
     Case(n=3, c_in=1, c_out=6, h=7, w=5, kernel=(1, 1), groups=3),
     # Unpadded 3 x 3: the conv kernels' flavour without bounds tests, on ragged tiles, with a
-    # K past the unrolled steps, and with stride and dilation.
+    # K past the unrolled steps, with a K that ends inside one (its loads masked by k alone),
+    # and with stride and row dilation.
     Case(n=2, c_in=9, c_out=20, h=6, w=133, groups=4),
-    Case(n=1, c_in=3, c_out=8, h=15, w=17, groups=2, stride=(2, 1), dilation=(1, 2)),
+    Case(n=1, c_in=4, c_out=12, h=5, w=140, groups=3),
+    Case(n=1, c_in=3, c_out=8, h=15, w=17, groups=2, stride=(2, 2), dilation=(2, 1)),
 ]
 
 

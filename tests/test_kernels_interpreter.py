@@ -56,19 +56,22 @@ TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bflo
 # Ragged everywhere: output rows and columns not multiples of any tile's, C_out not a multiple
 # of BLOCK_C, groups straddling channel blocks, padding, stride, dilation, a rectangular kernel;
 # K = 81 and 90, more than the unrolled K steps of any config, so their runtime remainder runs
-# too. The unpadded 3 x 3 cases run the kernels' TAPS = 3 flavour, the others TAPS = 0.
+# too. The unpadded 3 x 3 cases with column dilation 1 run the kernels' TAPS = 3 flavour
+# (row stride and dilation included), the others TAPS = 0.
 CASES = [
     Case(n=2, c_in=3, c_out=20, h=19, w=21, kernel=(3, 2), groups=4, stride=(1, 2), padding=(1, 0), dilation=(1, 2)),
     Case(n=1, c_in=5, c_out=6, h=9, w=7, kernel=(1, 1), groups=6),
     Case(n=1, c_in=10, c_out=33, h=4, w=131, groups=3, padding=(1, 1)),
     Case(n=2, c_in=9, c_out=20, h=5, w=133, groups=4),
+    Case(n=1, c_in=3, c_out=8, h=15, w=17, groups=2, stride=(2, 2), dilation=(2, 1)),
     Case(n=1, c_in=3, c_out=8, h=15, w=17, groups=2, stride=(2, 1), dilation=(1, 2)),
 ]
 
 
 def taps(case):
-    """The conv kernels' flavour the runtime picks for a case (csrc/forward_cuda.cpp)."""
-    return 3 if case.kernel == (3, 3) and case.padding == (0, 0) else 0
+    """The conv kernels' flavour the runtime picks for a case (csrc/forward_cuda.cpp; the
+    inputs here are contiguous, so x's columns are adjacent)."""
+    return 3 if case.kernel == (3, 3) and case.padding == (0, 0) and case.dilation[1] == 1 else 0
 
 
 def tiling(cfg, h_out, w_out):
@@ -179,10 +182,11 @@ def test_group_stats_tiny_variance_next_to_a_large_mean():
     assert stats[0, 0, 1].item() == pytest.approx(var ** -0.5, rel=1e-3)
 
 
+@pytest.mark.parametrize("cfg", [V.CONV_CONFIGS[0], V.CONV_CONFIGS[-1]], ids=lambda c: c.name)
 @pytest.mark.parametrize("flavour", [0, 3])
 @pytest.mark.parametrize("special", ["inf", "nan"])
 @pytest.mark.parametrize("precision", ["ieee", "tf32x3_split", "tf32"])
-def test_non_finite_inputs_match_the_reference(precision, special, flavour):
+def test_non_finite_inputs_match_the_reference(precision, special, flavour, cfg):
     """x = +-inf makes the conv +-inf, and sigmoid maps that to 0 or 1: the reference stays
     finite, and a precision split that computes inf - inf would make the group NaN. A NaN
     makes its whole (sample, group) NaN through the statistics, in the reference too."""
@@ -198,16 +202,15 @@ def test_non_finite_inputs_match_the_reference(precision, special, flavour):
     with torch.no_grad():
         exp = ref.double()(x.double())
     assert torch.isfinite(exp).all() == (special == "inf")
-    out = run_conv_only(model, x, case, precision, flavour)
+    out = run_conv_only(model, x, case, precision, flavour, cfg)
     torch.testing.assert_close(out, exp.float(), atol=1e-4, rtol=1e-4, equal_nan=True)
 
 
-def run_conv_only(model, x, case, precision, flavour):
-    """The materialize pipeline for fp32 at one config (the inputs are what matters here),
-    with the conv kernels' TAPS = `flavour`."""
+def run_conv_only(model, x, case, precision, flavour, cfg):
+    """The materialize pipeline for fp32 at conv config `cfg` (with K_STEPS > 0, the unrolled
+    K steps run; with 0, the runtime loop), with the conv kernels' TAPS = `flavour`."""
     conv, gn = model.conv, model.group_norm
     w = conv.weight.detach().reshape(case.c_out, -1).contiguous()
-    cfg = V.CONV_CONFIGS[-1]
     h_out, w_out = case.h - case.kernel[0] + 1, case.w - case.kernel[1] + 1
     hw, g = h_out * w_out, case.groups
     th, tw = tiling(cfg, h_out, w_out)
@@ -229,9 +232,11 @@ def run_conv_only(model, x, case, precision, flavour):
 
 
 # Shapes that fit one resident program per (sample, group): ragged positions, padding, stride,
-# dilation, a rectangular kernel, one group with a single channel.
+# dilation, a rectangular kernel, one group with a single channel; the unpadded 3 x 3 ones run
+# the TAPS = 3 flavour.
 RESIDENT_CASES = [
     Case(n=2, c_in=3, c_out=8, h=11, w=13, groups=2),
+    Case(n=1, c_in=3, c_out=6, h=13, w=11, groups=3, stride=(2, 1), dilation=(2, 1)),
     Case(n=1, c_in=2, c_out=6, h=9, w=12, kernel=(2, 3), groups=6, stride=(2, 1), padding=(1, 2), dilation=(1, 2)),
     Case(n=2, c_in=4, c_out=4, h=12, w=10, kernel=(1, 1), groups=1),
 ]
@@ -248,7 +253,8 @@ def run_resident(case, dtype_name, cfg):
     K.conv_resident_kernel[(case.n * case.groups,)](
         x, w, p(conv.bias), p(model.bias), p(model.scale), p(gn.weight), p(gn.bias), y,
         case.c_out, case.h, case.w, w_out, h_out * w_out, *case.kernel, w.shape[1], *x.stride(),
-        *case.stride, *case.padding, *case.dilation, 1, case.groups, cpg, 1, 1, gn.eps, **cfg.meta)
+        *case.stride, *case.padding, *case.dilation, 1, case.groups, cpg, 1, 1, gn.eps, TAPS=taps(case),
+        **cfg.meta)
     return assert_matches(y, expected(case, x, ref, dtype), dtype)
 
 

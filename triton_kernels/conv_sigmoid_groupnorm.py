@@ -29,10 +29,14 @@ import triton.language as tl
 
 
 @triton.jit
-def _sigmoid(z):
-    # exp(-z) overflows to inf for very negative z and 1 / (1 + inf) = 0 is the right limit,
-    # so no clamping is needed; Triton has no tl.sigmoid.
-    return 1.0 / (1.0 + tl.exp(-z))
+def _sigmoid_of_log2(t):
+    """sigmoid(z) given t = -z * log2(e), as 1 / sqrt(1 + 2^t)^2: on the GPU two MUFU
+    instructions and two FP ops (2^t and the reciprocal square root are the approximate,
+    flush-to-zero ones, within ~2 ulp; exp() and "/" cost ~13 instructions with their range
+    fix-ups). Triton has no tl.sigmoid. 2^t = inf for very negative z gives rsqrt(inf) = 0,
+    the right limit, so no clamping is needed."""
+    r = tl.math.rsqrt(1.0 + tl.math.exp2(t))
+    return r * r
 
 
 @triton.jit
@@ -69,19 +73,16 @@ def _tile_positions(th, tw, H_out, W_out, BLOCK_H: tl.constexpr, BLOCK_W: tl.con
 
 @triton.jit
 def _channel_params(conv_bias_ptr, bias_ptr, scale_ptr, offs_c, c_mask, has_conv_bias):
-    """The epilogue's per-channel fp32 vectors. A missing conv bias is a masked-off load (reads
-    nothing, yields 0): no extra variant."""
+    """The epilogue's per-channel fp32 vectors (mul, add) with sigmoid((conv + conv_bias +
+    bias) * scale) = _sigmoid_of_log2(conv * mul + add): one FFMA per element instead of two
+    adds and two multiplies. It rounds once where the reference rounds three times (~1 ulp of
+    z, ~1e-7 of the output). A missing conv bias is a masked-off load (reads nothing, yields
+    0): no extra variant."""
     conv_bias = tl.load(conv_bias_ptr + offs_c, mask=c_mask & (has_conv_bias != 0), other=0.0)
     bias = tl.load(bias_ptr + offs_c, mask=c_mask, other=0.0)
     scale = tl.load(scale_ptr + offs_c, mask=c_mask, other=0.0)
-    return conv_bias.to(tl.float32), bias.to(tl.float32), scale.to(tl.float32)
-
-
-@triton.jit
-def _bias_scale_sigmoid(acc, conv_bias, bias, scale):
-    """The conv's epilogue, with the channel vectors already broadcast against acc, in the
-    reference's order of rounding: ((conv + conv_bias) + bias) * scale."""
-    return _sigmoid((acc + conv_bias + bias) * scale)
+    mul = scale.to(tl.float32) * -1.4426950408889634  # -log2(e)
+    return mul, (conv_bias.to(tl.float32) + bias.to(tl.float32)) * mul
 
 
 @triton.jit
@@ -124,6 +125,12 @@ def _conv_k_step(
     x_tile = tl.load(x_sample + pos_off[:, None] + tap_off[None, :], mask=x_mask, other=0.0)
     w_tile = tl.load(w_ptr + offs_c[None, :] * K_total + offs_k[:, None],
                      mask=c_mask[None, :] & (offs_k < K_total)[:, None], other=0.0)
+    return _dot_step(acc, x_tile, w_tile, PRECISION)
+
+
+@triton.jit
+def _dot_step(acc, x_tile, w_tile, PRECISION: tl.constexpr):
+    """acc[M, C] += x_tile[M, K] @ w_tile[K, C] in the variant's precision."""
     if PRECISION == "tf32x3_split":
         # fp32-accurate on TF32 tensor cores: x*w ~ x_lo*w_hi + x_hi*w_lo + x_hi*w_hi
         # (x_lo*w_lo, ~2^-20 relative, dropped), small terms first. Cheaper than Triton's
@@ -136,6 +143,67 @@ def _conv_k_step(
     else:
         acc = tl.dot(x_tile, w_tile, acc, input_precision=PRECISION)
     return acc
+
+
+@triton.jit
+def _tap_column(row_ptr, k: tl.constexpr, K_total, stride_xc, stride_xh, dil_h,
+                TAPS: tl.constexpr, MASK_K: tl.constexpr):
+    """im2col(x)[:, k] for one constant k of an unpadded TAPS x TAPS kernel with unit column
+    stride and dilation: every position's load sits at an immediate offset (kw) from its
+    (ci, kh) row, so the GPU computes no address per element (a [M, K] gather with runtime
+    strides cost ~5 integer instructions per element)."""
+    ci: tl.constexpr = k // (TAPS * TAPS)
+    kh: tl.constexpr = k % (TAPS * TAPS) // TAPS
+    kw: tl.constexpr = k % TAPS
+    row = row_ptr + (ci * stride_xc + kh * dil_h * stride_xh)
+    if MASK_K:
+        return tl.load(row + kw, mask=k < K_total, other=0.0)
+    else:
+        return tl.load(row + kw)
+
+
+@triton.jit
+def _tap_pair(row_ptr, k: tl.constexpr, s: tl.constexpr, K_total, stride_xc, stride_xh, dil_h,
+              TAPS: tl.constexpr, MASK_K: tl.constexpr):
+    # [M, 2]: columns k, k + s
+    return tl.join(_tap_column(row_ptr, k, K_total, stride_xc, stride_xh, dil_h, TAPS, MASK_K),
+                   _tap_column(row_ptr, k + s, K_total, stride_xc, stride_xh, dil_h, TAPS, MASK_K))
+
+
+@triton.jit
+def _tap_quad(row_ptr, k: tl.constexpr, s: tl.constexpr, K_total, stride_xc, stride_xh, dil_h,
+              TAPS: tl.constexpr, MASK_K: tl.constexpr):
+    # [M, 2, 2]: [m, a, b] = column k + s * (2a + b)
+    return tl.join(_tap_pair(row_ptr, k, 2 * s, K_total, stride_xc, stride_xh, dil_h, TAPS, MASK_K),
+                   _tap_pair(row_ptr, k + s, 2 * s, K_total, stride_xc, stride_xh, dil_h, TAPS, MASK_K))
+
+
+@triton.jit
+def _tap_octet(row_ptr, k: tl.constexpr, s: tl.constexpr, K_total, stride_xc, stride_xh, dil_h,
+               TAPS: tl.constexpr, MASK_K: tl.constexpr):
+    # [M, 2, 2, 2]: [m, a, b, c] = column k + s * (4a + 2b + c)
+    return tl.join(_tap_quad(row_ptr, k, 2 * s, K_total, stride_xc, stride_xh, dil_h, TAPS, MASK_K),
+                   _tap_quad(row_ptr, k + s, 2 * s, K_total, stride_xc, stride_xh, dil_h, TAPS, MASK_K))
+
+
+@triton.jit
+def _conv_taps_k_step(acc, k0: tl.constexpr, row_ptr, w_rows, c_mask, K_total, stride_xc, stride_xh, dil_h,
+                      BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, TAPS: tl.constexpr,
+                      PRECISION: tl.constexpr, MASK_K: tl.constexpr):
+    """acc[M, C] += im2col(x)[M, k0:k0+16] @ W^T[k0:k0+16, C] for a constant k0, built from
+    16 column loads (_tap_column) joined into [M, 16]; the join tree's index order is
+    k0 + 8a + 4b + 2c + d, i.e. row-major. MASK_K only where the step runs past K_total."""
+    tl.static_assert(BLOCK_K == 16, "the column join tree builds 16 columns")
+    x_tile = tl.join(_tap_octet(row_ptr, k0, 2, K_total, stride_xc, stride_xh, dil_h, TAPS, MASK_K),
+                     _tap_octet(row_ptr, k0 + 1, 2, K_total, stride_xc, stride_xh, dil_h, TAPS, MASK_K))
+    x_tile = tl.reshape(x_tile, (BLOCK_M, BLOCK_K))
+    offs_k = k0 + tl.arange(0, BLOCK_K)
+    if MASK_K:
+        w_tile = tl.load(w_rows[None, :] + offs_k[:, None],
+                         mask=c_mask[None, :] & (offs_k < K_total)[:, None], other=0.0)
+    else:
+        w_tile = tl.load(w_rows[None, :] + offs_k[:, None], mask=c_mask[None, :], other=0.0)
+    return _dot_step(acc, x_tile, w_tile, PRECISION)
 
 
 @triton.jit
@@ -160,9 +228,11 @@ def _conv_bias_scale_sigmoid_tile(
     2x slower at K = 72); the rest, if any, run in a runtime loop.
 
     TAPS > 0 is the launcher's promise of an unpadded TAPS x TAPS kernel (KH = KW = TAPS,
-    padding 0): positions past the output are clamped to its first one instead of masked, so
+    padding 0) over columns of x that are adjacent in memory (x.stride(3) == 1, column
+    dilation 1): positions past the output are clamped to its first one instead of masked, so
     every tap of every position lies inside x and loads need no bounds test (bounds tests
-    and k decoding by reciprocals cost 1.2-1.6x at the benchmark shape, v7)."""
+    and k decoding by reciprocals cost 1.2-1.6x at the benchmark shape, v7), and each tap's
+    load is an immediate offset from its row (_tap_column)."""
     if TAPS > 0:
         oh = tl.where(p_mask, oh, 0)
         ow = tl.where(p_mask, ow, 0)
@@ -175,16 +245,38 @@ def _conv_bias_scale_sigmoid_tile(
     inv_khw = 1.0 / (KH * KW).to(tl.float32)
     inv_kw = 1.0 / KW.to(tl.float32)
     acc = tl.zeros((BLOCK_M, BLOCK_C), dtype=tl.float32)
-    for step in tl.static_range(K_STEPS):
-        acc = _conv_k_step(acc, step * BLOCK_K, x_sample, pos_off, ih0, iw0, w_ptr, offs_c, c_mask,
-                           H, W, KH, KW, K_total, inv_khw, inv_kw,
-                           stride_xc, stride_xh, stride_xw, dil_h, dil_w, BLOCK_K, TAPS, PRECISION)
+    if TAPS > 0 and PRECISION != "tf32x3_split":
+        row_ptr = x_sample + pos_off
+        w_rows = w_ptr + offs_c * K_total
+        for step in tl.static_range(K_STEPS):
+            # A uniform branch per step: only a step that runs past K_total pays for masks.
+            if (step + 1) * BLOCK_K <= K_total:
+                acc = _conv_taps_k_step(acc, step * BLOCK_K, row_ptr, w_rows, c_mask, K_total,
+                                        stride_xc, stride_xh, dil_h, BLOCK_M, BLOCK_K, TAPS, PRECISION, False)
+            elif step * BLOCK_K < K_total:
+                acc = _conv_taps_k_step(acc, step * BLOCK_K, row_ptr, w_rows, c_mask, K_total,
+                                        stride_xc, stride_xh, dil_h, BLOCK_M, BLOCK_K, TAPS, PRECISION, True)
+    else:
+        for step in tl.static_range(K_STEPS):
+            acc = _conv_k_step(acc, step * BLOCK_K, x_sample, pos_off, ih0, iw0, w_ptr, offs_c, c_mask,
+                               H, W, KH, KW, K_total, inv_khw, inv_kw,
+                               stride_xc, stride_xh, stride_xw, dil_h, dil_w, BLOCK_K, TAPS, PRECISION)
     for k0 in range(K_STEPS * BLOCK_K, K_total, BLOCK_K):
         acc = _conv_k_step(acc, k0, x_sample, pos_off, ih0, iw0, w_ptr, offs_c, c_mask,
                            H, W, KH, KW, K_total, inv_khw, inv_kw,
                            stride_xc, stride_xh, stride_xw, dil_h, dil_w, BLOCK_K, TAPS, PRECISION)
-    conv_bias, bias, scale = _channel_params(conv_bias_ptr, bias_ptr, scale_ptr, offs_c, c_mask, has_conv_bias)
-    return _bias_scale_sigmoid(acc, conv_bias[None, :], bias[None, :], scale[None, :])
+    mul, add = _channel_params(conv_bias_ptr, bias_ptr, scale_ptr, offs_c, c_mask, has_conv_bias)
+    return _sigmoid_of_log2(acc * mul[None, :] + add[None, :])
+
+
+@triton.jit
+def _out_offsets(n, c_block, oh, ow, C_out, H_out, W_out, BLOCK_C: tl.constexpr):
+    """Offsets into [N, C_out, H_out * W_out] of a tile's [positions, channels]: one 64-bit
+    scalar for the (sample, channel block) and 32-bit offsets within it (the launcher keeps
+    C_out * H_out * W_out below 2^31), so no element needs 64-bit arithmetic of its own."""
+    hw = H_out * W_out
+    base = (n.to(tl.int64) * C_out + c_block * BLOCK_C) * hw
+    return base + (tl.arange(0, BLOCK_C)[None, :] * hw + (oh * W_out + ow)[:, None])
 
 
 @triton.jit
@@ -225,8 +317,8 @@ def conv_stats_kernel(
     tl.store(part_mean_ptr + out, tile_mean, mask=c_mask)
     tl.store(part_m2_ptr + out, tile_m2, mask=c_mask)
     if STORE_V:
-        v_out = (n.to(tl.int64) * C_out + offs_c[None, :]) * (H_out * W_out) + (oh * W_out + ow)[:, None]
-        tl.store(v_ptr + v_out, v, mask=p_mask[:, None] & c_mask[None, :])
+        tl.store(v_ptr + _out_offsets(n, c_block, oh, ow, C_out, H_out, W_out, BLOCK_C), v,
+                 mask=p_mask[:, None] & c_mask[None, :])
 
 
 @triton.jit
@@ -312,8 +404,8 @@ def conv_norm_kernel(
     gamma = tl.load(gn_weight_ptr + offs_c, mask=c_mask & (has_gn_weight != 0), other=1.0).to(tl.float32)
     beta = tl.load(gn_bias_ptr + offs_c, mask=c_mask & (has_gn_bias != 0), other=0.0).to(tl.float32)
     y = (v - mean[None, :]) * (rstd * gamma)[None, :] + beta[None, :]
-    out = (n.to(tl.int64) * C_out + offs_c[None, :]) * (H_out * W_out) + (oh * W_out + ow)[:, None]
-    tl.store(y_ptr + out, y.to(y_ptr.dtype.element_ty), mask=p_mask[:, None] & c_mask[None, :])
+    tl.store(y_ptr + _out_offsets(n, c_block, oh, ow, C_out, H_out, W_out, BLOCK_C),
+             y.to(y_ptr.dtype.element_ty), mask=p_mask[:, None] & c_mask[None, :])
 
 
 @triton.jit
@@ -359,7 +451,7 @@ def conv_resident_kernel(
     stride_xn, stride_xc, stride_xh, stride_xw,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
     has_conv_bias, num_groups, channels_per_group, has_gn_weight, has_gn_bias, eps,
-    BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, UNROLL: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, UNROLL: tl.constexpr, TAPS: tl.constexpr,
 ):
     """The whole op in one launch for small images: one program per (sample, group) holds all
     of the group's values (channels_per_group <= BLOCK_C, H_out*W_out <= BLOCK_M) in
@@ -377,29 +469,46 @@ def conv_resident_kernel(
     c_mask = in_group < channels_per_group
     oh = offs_p // W_out
     ow = offs_p % W_out
+    if TAPS > 0:
+        # As in the tile function: clamped positions, so no load needs a bounds test.
+        oh = tl.where(p_mask, oh, 0)
+        ow = tl.where(p_mask, ow, 0)
     ih0 = oh * stride_h - pad_h
     iw0 = ow * stride_w - pad_w
     pos = x_ptr + n.to(tl.int64) * stride_xn + ih0 * stride_xh + iw0 * stride_xw
-    FAR: tl.constexpr = -(1 << 29)  # as in _conv_bias_scale_sigmoid_tile: fails the row test
-    ih0 = tl.where(p_mask, ih0, FAR)
-    inv_khw = 1.0 / (KH * KW).to(tl.float32)
-    inv_kw = 1.0 / KW.to(tl.float32)
     w_rows = w_ptr + offs_c * K_total
     acc = tl.zeros((BLOCK_C, BLOCK_M), dtype=tl.float32)
-    for k in tl.range(0, K_total, loop_unroll_factor=UNROLL):
-        # Same exact reciprocal decode as the tile function (K_total < 2^20).
-        ci = ((k * 1.0 + 0.5) * inv_khw).to(tl.int32)  # k * 1.0: a plain int in the interpreter
-        khw = k - ci * (KH * KW)
-        kh = ((khw.to(tl.float32) + 0.5) * inv_kw).to(tl.int32)
-        dh = kh * dil_h
-        dw = (khw - kh * KW) * dil_w
-        x_mask = ((ih0 + dh).to(tl.uint32, bitcast=True) < H.to(tl.uint32)) & \
-                 ((iw0 + dw).to(tl.uint32, bitcast=True) < W.to(tl.uint32))
-        xv = tl.load(pos + (ci * stride_xc + dh * stride_xh + dw * stride_xw), mask=x_mask, other=0.0)
-        wv = tl.load(w_rows + k, mask=c_mask, other=0.0)
-        acc += wv.to(tl.float32)[:, None] * xv.to(tl.float32)[None, :]
-    conv_bias, bias, scale = _channel_params(conv_bias_ptr, bias_ptr, scale_ptr, offs_c, c_mask, has_conv_bias)
-    v = _bias_scale_sigmoid(acc, conv_bias[:, None], bias[:, None], scale[:, None])
+    if TAPS > 0:
+        # The launcher's unpadded TAPS x TAPS promise (see the tile function): a runtime loop
+        # over input channels around constant taps, each an immediate offset from its row.
+        for ci in tl.range(0, K_total // (TAPS * TAPS), loop_unroll_factor=max(UNROLL // 4, 1)):
+            x_ci = pos + ci * stride_xc
+            w_ci = w_rows + ci * (TAPS * TAPS)
+            for kh in tl.static_range(TAPS):
+                row = x_ci + kh * dil_h * stride_xh
+                for kw in tl.static_range(TAPS):
+                    xv = tl.load(row + kw)
+                    wv = tl.load(w_ci + (kh * TAPS + kw), mask=c_mask, other=0.0)
+                    acc += wv.to(tl.float32)[:, None] * xv.to(tl.float32)[None, :]
+    else:
+        FAR: tl.constexpr = -(1 << 29)  # as in _conv_bias_scale_sigmoid_tile: fails the row test
+        ih0 = tl.where(p_mask, ih0, FAR)
+        inv_khw = 1.0 / (KH * KW).to(tl.float32)
+        inv_kw = 1.0 / KW.to(tl.float32)
+        for k in tl.range(0, K_total, loop_unroll_factor=UNROLL):
+            # Same exact reciprocal decode as the tile function (K_total < 2^20).
+            ci = ((k * 1.0 + 0.5) * inv_khw).to(tl.int32)  # k * 1.0: a plain int in the interpreter
+            khw = k - ci * (KH * KW)
+            kh = ((khw.to(tl.float32) + 0.5) * inv_kw).to(tl.int32)
+            dh = kh * dil_h
+            dw = (khw - kh * KW) * dil_w
+            x_mask = ((ih0 + dh).to(tl.uint32, bitcast=True) < H.to(tl.uint32)) & \
+                     ((iw0 + dw).to(tl.uint32, bitcast=True) < W.to(tl.uint32))
+            xv = tl.load(pos + (ci * stride_xc + dh * stride_xh + dw * stride_xw), mask=x_mask, other=0.0)
+            wv = tl.load(w_rows + k, mask=c_mask, other=0.0)
+            acc += wv.to(tl.float32)[:, None] * xv.to(tl.float32)[None, :]
+    mul, add = _channel_params(conv_bias_ptr, bias_ptr, scale_ptr, offs_c, c_mask, has_conv_bias)
+    v = _sigmoid_of_log2(acc * mul[:, None] + add[:, None])
     # Exact two-pass statistics over registers: mean, then squared deviations from it.
     valid = c_mask[:, None] & p_mask[None, :]
     count = (channels_per_group * HW_out).to(tl.float32)

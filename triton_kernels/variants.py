@@ -94,7 +94,8 @@ KERNELS = {
     "group_stats": KernelSpec(k.group_stats_kernel, GROUP_STATS_CONFIGS, {}, False, False),
     "group_norm_apply": KernelSpec(k.group_norm_apply_kernel, APPLY_CONFIGS, {}, True, False),
     # Exact FP32 on every arch and dtype: small problems are latency-bound, not FLOP-bound.
-    "conv_resident": KernelSpec(k.conv_resident_kernel, RESIDENT_CONFIGS, {}, True, False),
+    "conv_resident": KernelSpec(k.conv_resident_kernel, RESIDENT_CONFIGS, {"TAPS": 0}, True, False),
+    "conv3x3_resident": KernelSpec(k.conv_resident_kernel, RESIDENT_CONFIGS, {"TAPS": 3}, True, False),
 }
 
 # Buffers the kernels own are fp32 whatever the input dtype.

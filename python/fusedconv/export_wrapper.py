@@ -54,7 +54,7 @@ def conv_sigmoid_group_norm(x, weight, conv_bias, bias, scale, gn_weight, gn_bia
         part_mean, part_m2, values,
         c_out, h, w, h_out, w_out, kh, kw, wk.shape[1], *x.stride(), *stride, *padding, *dilation,
         has_conv_bias=int(has_conv_bias), PRECISION=precision, STORE_V=True,
-        TAPS=3 if (kh, kw) == (3, 3) and tuple(padding) == (0, 0) else 0)
+        TAPS=3 if (kh, kw) == (3, 3) and tuple(padding) == (0, 0) and dilation[1] == 1 and x.stride(3) == 1 else 0)
     # The config that just ran:
     tile_h, tile_w = (conv_stats_kernel.best_config.kwargs[k] for k in ("BLOCK_H", "BLOCK_W"))
     group_stats_kernel[(n * num_groups,)](part_mean, part_m2, stats, cpg, h_out, w_out, triton.cdiv(h_out, tile_h),
