@@ -45,3 +45,27 @@ def test_model_new_has_the_reference_constructor():
 def test_module_rejects_string_padding():
     with pytest.raises(ValueError, match="padding"):
         fusedconv.FusedConvSigmoidGroupNorm(3, 8, 3, 4, padding="same")
+
+
+def test_parametrized_and_reassigned_parameters_are_the_ones_used():
+    """forward reads parameters from the modules' dicts for speed: a parametrization (which
+    moves the raw tensor out of _parameters) and a reassigned parameter must still be what the
+    op sees."""
+    import torch.nn.utils.parametrize as P
+
+    class Doubled(torch.nn.Module):
+        def forward(self, w):
+            return 2 * w
+
+    torch.manual_seed(4)
+    ref = reference.Model(8, 16, 3, 4, (16, 1, 1), (16, 1, 1))
+    ours = fusedconv.ModelNew(8, 16, 3, 4, (16, 1, 1), (16, 1, 1))
+    ours.load_state_dict(ref.state_dict())
+    P.register_parametrization(ours.conv, "weight", Doubled())
+    new_scale = torch.nn.Parameter(torch.randn(16, 1, 1))
+    ours.scale = new_scale
+    with torch.no_grad():
+        ref.conv.weight.mul_(2)
+        ref.scale.copy_(new_scale)
+        x = torch.rand(2, 8, 12, 12)
+        torch.testing.assert_close(ours(x), ref(x), atol=1e-4, rtol=1e-4)
