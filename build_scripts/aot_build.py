@@ -47,7 +47,7 @@ def _compile_one(arch, variant_name):
     variant = next(v for v in V.variants(arch) if v.name == variant_name)
     constexprs = variant.constexprs
     src = ASTSource(variant.fn, signature=V.signature(variant.fn, variant.dtype, constexprs),
-                    constexprs=constexprs)
+                    constexprs=constexprs, attrs=variant.attrs)
     compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32),
                               options=dict(num_warps=variant.config.num_warps,
                                            num_stages=variant.config.num_stages))
@@ -125,10 +125,11 @@ def _generate_cpp(entries, report):
 
 
 def _positions_per_program(meta):
-    """BLOCK_M (resident), BLOCK_H * BLOCK_W (conv tiles) or BLOCK (element-wise kernels)."""
-    if "BLOCK_W" in meta:
+    """BLOCK_M (resident), BLOCK_H * BLOCK_W (conv tiles), BLOCK_W (the channels-last copy's
+    row of positions) or BLOCK (element-wise kernels)."""
+    if "BLOCK_H" in meta:
         return meta["BLOCK_H"] * meta["BLOCK_W"]
-    return meta.get("BLOCK_M", meta.get("BLOCK", 0))
+    return meta.get("BLOCK_M", meta.get("BLOCK_W", meta.get("BLOCK", 0)))
 
 
 def build(out_dir, archs, ptx_archs, jobs=None, log=print):

@@ -73,7 +73,7 @@ float time_once(const std::function<void(const Choice&)>& run, const Choice& c, 
 }  // namespace
 
 bool is_algorithm(const std::string& name) {
-  return name == "materialize" || name == "recompute" || name == "resident";
+  return name == "materialize" || name == "recompute" || name == "channels_last" || name == "resident";
 }
 
 void set_autotune(bool enabled, const std::string& cache_file) {

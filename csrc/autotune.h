@@ -12,7 +12,7 @@
 namespace fusedconv {
 
 struct Choice {
-  std::string algorithm;  // "materialize", "recompute" or "resident"
+  std::string algorithm;  // "materialize", "recompute", "channels_last" or "resident"
   std::string config;     // the algorithm's block config name (variants.py)
 };
 

@@ -24,7 +24,8 @@ at::Tensor forward_meta(FUSEDCONV_FORWARD_PARAMS);
 void set_forced_config(const std::string& config);
 std::string forced_config();
 
-// Test and tuning hook: "materialize", "recompute" or "resident" ("" restores the default).
+// Test and tuning hook: "materialize", "recompute", "channels_last" or "resident" ("" restores
+// the default).
 void set_forced_algorithm(const std::string& algorithm);
 std::string forced_algorithm();
 

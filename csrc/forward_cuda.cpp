@@ -64,13 +64,18 @@ Overrides overrides() {
   return {g_forced_config, g_forced_algorithm};
 }
 
-// Three algorithms. "resident" (one launch, one program per (sample, group) holding the whole
+// Four algorithms. "resident" (one launch, one program per (sample, group) holding the whole
 // group in registers) when the group fits a resident config and the problem is small enough
 // that launches and latency, not arithmetic, set its time. Otherwise "materialize" (conv once,
-// stores fp32 values, normalizes them in a memory-bound pass) or "recompute" (conv twice, y
-// written once): with the conv kernels spending ~1.2-1.4 ms a pass at the benchmark shape against
-// ~0.55 ms for the extra bytes (H200), materializing wins; recompute wins once a conv pass
-// costs less than moving y twice more (docs/performance.md).
+// stores fp32 values, normalizes them in a memory-bound pass), "recompute" (conv twice, y
+// written once) or "channels_last" (recompute over a channels-last copy of x, whose conv tile
+// gathers with 16-byte vector loads). On the H200 at the benchmark shape channels_last wins
+// for 16-bit inputs (1.19 ms against materialize's 1.39); in fp32, where the tensor cores run
+// TF32 (and accurate mode three TF32 products), materialize still wins (1.59 against 1.71 ms
+// in TF32; docs/performance.md, v9).
+const char* default_algorithm(at::ScalarType dtype) {
+  return dtype == at::kFloat ? "materialize" : "channels_last";
+}
 
 // The resident kernel runs one program per (sample, group) at FP32-unit speed: it beats the
 // tiled algorithms' three launches while its programs fit about one wave and its arithmetic is
@@ -185,8 +190,8 @@ std::string forced_config() {
 
 void set_forced_algorithm(const std::string& algorithm) {
   TORCH_CHECK_VALUE(algorithm.empty() || is_algorithm(algorithm),
-                    "fusedconv: algorithm must be 'materialize', 'recompute', 'resident' or '' (the "
-                    "default), got '", algorithm, "'");
+                    "fusedconv: algorithm must be 'materialize', 'recompute', 'channels_last', 'resident' "
+                    "or '' (the default), got '", algorithm, "'");
   std::lock_guard<std::mutex> lock(g_config_mutex);
   g_forced_algorithm = algorithm;
 }
@@ -283,9 +288,14 @@ at::Tensor forward_cuda(FUSEDCONV_FORWARD_PARAMS) {
       return;
     }
     const bool store_v = choice.algorithm == "materialize";
-    const Kernel stats_k = load(device, find_image(set, unpadded_3x3 ? (store_v ? "conv3x3_stats_store" : "conv3x3_stats")
-                                                                     : (store_v ? "conv_stats_store" : "conv_stats"),
-                                                   dtype, mode, config.c_str()));
+    const bool cl = choice.algorithm == "channels_last";
+    // The channels-last kernels' 3 x 3 flavour needs no padding only: x's strides are the
+    // workspace's.
+    const bool cl_3x3 = kh == 3 && kw == 3 && g.padding[0] == 0 && g.padding[1] == 0;
+    const char* stats_name = cl ? (cl_3x3 ? "conv3x3_cl_stats" : "conv_cl_stats")
+                             : unpadded_3x3 ? (store_v ? "conv3x3_stats_store" : "conv3x3_stats")
+                                            : (store_v ? "conv_stats_store" : "conv_stats");
+    const Kernel stats_k = load(device, find_image(set, stats_name, dtype, mode, config.c_str()));
 
     const int64_t block_w = stats_k.image->block_w, block_h = stats_k.image->block_m / block_w;
     const int64_t block_c = stats_k.image->block_c;
@@ -312,14 +322,52 @@ at::Tensor forward_cuda(FUSEDCONV_FORWARD_PARAMS) {
     int32_t a_cblocks = i32(num_c_blocks, "channel blocks");
     int32_t a_block_h = i32(block_h, "BLOCK_H"), a_block_w = i32(block_w, "BLOCK_W");
     i32(channels_per_group * num_p_tiles, "a group's tile count");
+    void* group_args[] = {&part_mean, &part_m2, &stats, &a_cpg, &a_h_out, &a_w_out, &a_th, &a_tw,
+                          &a_block_h, &a_block_w, &a_eps, &no_scratch, &no_scratch};
+
+    if (cl) {
+      // x copied to [N, H, W, 8 * chunks] (channels past C_in zero) and the weight packed to
+      // [C_out, chunks, taps rounded up to even, 8], both in one workspace of the input dtype
+      // whose second part starts 16-byte aligned (the first holds a multiple of 8 elements).
+      const int64_t chunks = (c_in + 7) / 8, taps = kh * kw, taps_even = taps + taps % 2;
+      i32(h * w * 8 * chunks, "H * W * C_in rounded up to 8 (the channels-last copy of one sample)");
+      const int64_t n_xt = n * h * w * 8 * chunks;
+      at::Tensor cl_space = at::empty({n_xt + c_out * chunks * taps_even * 8}, x.options());
+      CUdeviceptr xt = ptr(cl_space), wk = xt + n_xt * cl_space.element_size();
+      int32_t a_c_in = i32(c_in, "C_in"), a_chunks = i32(chunks, "C_in / 8");
+      int32_t a_taps = i32(taps, "KH * KW"), a_taps_even = i32(taps_even, "KH * KW");
+      const Kernel copy_k = load(device, find_image(set, "to_channels_last", dtype, "any", "w64"));
+      const int64_t w_blocks = (w + copy_k.image->block_w - 1) / copy_k.image->block_w;
+      int32_t a_w_blocks = i32(w_blocks, "column blocks");
+      void* copy_args[] = {&x_p, &xt, &a_c_in, &a_h, &a_w, &a_sxn, &a_sxc, &a_sxh, &a_sxw, &a_chunks,
+                           &a_w_blocks, &no_scratch, &no_scratch};
+      launch(copy_k, n * h * w_blocks, copy_args, s);
+      const Kernel pack_k = load(device, find_image(set, "pack_weight", dtype, "any", "t16"));
+      void* pack_args[] = {&w_p, &wk, &a_c_in, &a_taps, &a_taps_even, &a_chunks, &no_scratch, &no_scratch};
+      launch(pack_k, c_out * chunks, pack_args, s);
+      // Argument order is the kernels' parameter order in triton_kernels/conv_sigmoid_groupnorm.py.
+      void* stats_args[] = {&xt, &wk, &cb_p, &b_p, &s_p, &part_mean, &part_m2,
+                            &a_c_out, &a_h, &a_w, &a_h_out, &a_w_out, &a_kh, &a_kw, &a_chunks,
+                            &a_sh, &a_sw, &a_ph, &a_pw, &a_dh, &a_dw,
+                            &a_th, &a_tw, &a_cblocks, &a_has_cb, &no_scratch, &no_scratch};
+      launch(stats_k, grid, stats_args, s);
+      launch(group_k, n * num_groups, group_args, s);
+      const Kernel norm_k = load(device, find_image(set, cl_3x3 ? "conv3x3_cl_norm" : "conv_cl_norm", dtype, mode,
+                                                    config.c_str()));
+      void* norm_args[] = {&xt, &wk, &cb_p, &b_p, &s_p, &gw_p, &gb_p, &stats, &y_p,
+                           &a_c_out, &a_h, &a_w, &a_h_out, &a_w_out, &a_kh, &a_kw, &a_chunks,
+                           &a_sh, &a_sw, &a_ph, &a_pw, &a_dh, &a_dw,
+                           &a_th, &a_tw, &a_cblocks, &a_has_cb, &a_groups, &a_cpg, &a_has_gw, &a_has_gb,
+                           &no_scratch, &no_scratch};
+      launch(norm_k, grid, norm_args, s);
+      return;
+    }
 
     // Argument order is the kernels' parameter order in triton_kernels/conv_sigmoid_groupnorm.py.
     void* stats_args[] = {&x_p, &w_p, &cb_p, &b_p, &s_p, &part_mean, &part_m2, &values,
                           &a_c_out, &a_h, &a_w, &a_h_out, &a_w_out, &a_kh, &a_kw, &a_k_total,
                           &a_sxn, &a_sxc, &a_sxh, &a_sxw, &a_sh, &a_sw, &a_ph, &a_pw, &a_dh, &a_dw,
                           &a_th, &a_tw, &a_cblocks, &a_has_cb, &no_scratch, &no_scratch};
-    void* group_args[] = {&part_mean, &part_m2, &stats, &a_cpg, &a_h_out, &a_w_out, &a_th, &a_tw,
-                          &a_block_h, &a_block_w, &a_eps, &no_scratch, &no_scratch};
     launch(stats_k, grid, stats_args, s);
     launch(group_k, n * num_groups, group_args, s);
     if (store_v) {
@@ -343,8 +391,8 @@ at::Tensor forward_cuda(FUSEDCONV_FORWARD_PARAMS) {
     }
   };
 
-  // The default: resident for small problems it fits, else materialize with the heuristic's
-  // config. A forced config or algorithm overrides its part; a forced resident that cannot
+  // The default: resident for small problems it fits, else default_algorithm() with the
+  // heuristic's config. A forced config or algorithm overrides its part; a forced resident that cannot
   // hold a group is an error, not a silent fallback.
   const KernelImage* resident = resident_image(set, dtype, "", channels_per_group, hw_out);
   const Overrides forced_overrides = overrides();
@@ -353,7 +401,7 @@ at::Tensor forward_cuda(FUSEDCONV_FORWARD_PARAMS) {
                                                                 : forced_overrides.config;
   const bool config_is_resident = !forced_overrides.config.empty() &&
                                   resident_image(set, dtype, config, 0, 0) != nullptr;
-  Choice choice{"materialize", config};
+  Choice choice{default_algorithm(x.scalar_type()), config};
   if (forced == "resident" || (forced.empty() && config_is_resident)) {
     TORCH_CHECK_VALUE(config_is_resident || resident, "fusedconv.forward: the resident algorithm needs a group "
                       "that fits one of this build's resident configs (BLOCK_C channels x BLOCK_M positions, "
@@ -371,6 +419,7 @@ at::Tensor forward_cuda(FUSEDCONV_FORWARD_PARAMS) {
     for (const std::string& name : config_names(set, "conv_stats", dtype, mode)) {
       candidates.push_back({"materialize", name});
       candidates.push_back({"recompute", name});
+      candidates.push_back({"channels_last", name});
     }
     if (resident) candidates.push_back({"resident", resident->config});
     const std::string key = device_images(device) + "|" + dtype + "|" + mode + "|" + str(x.sizes()) +

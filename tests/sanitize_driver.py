@@ -1,5 +1,5 @@
 """The workload tests/test_sanitizer.py runs under compute-sanitizer: ragged shapes, every
-dtype, both algorithms, every block config, a channels_last and a sliced x. Inputs are made on
+dtype, every algorithm, every block config, a channels_last and a sliced x. Inputs are made on
 the CPU and copied over, and checked on the CPU, so the only kernels that run are fusedconv's.
 Run with PYTORCH_NO_CUDA_MEMORY_CACHING=1: each tensor is then its own allocation, and an
 access one element past y or the workspace is outside every allocation, which memcheck sees."""

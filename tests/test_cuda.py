@@ -32,7 +32,8 @@ def test_images_in_use():
         assert images == f"sm_{major}{minor} cubin"
 
 
-@pytest.mark.parametrize("algorithm", ["", "recompute"], ids=["default", "recompute"])
+@pytest.mark.parametrize("algorithm", ["", "materialize", "recompute", "channels_last"],
+                         ids=["default", "materialize", "recompute", "channels_last"])
 @pytest.mark.parametrize("dtype", list(DTYPES), ids=list(DTYPES))
 def test_benchmark_shape(dtype, algorithm):
     """The benchmark problem at its full size, checked the benchmark's way: allclose against

@@ -74,6 +74,12 @@ def taps(case):
     return 3 if case.kernel == (3, 3) and case.padding == (0, 0) and case.dilation[1] == 1 else 0
 
 
+def cl_taps(case):
+    """The channels-last conv kernels' flavour: TAPS = 3 needs only an unpadded 3 x 3 kernel
+    (the workspace is theirs, so x's own strides do not matter)."""
+    return 3 if case.kernel == (3, 3) and case.padding == (0, 0) else 0
+
+
 def tiling(cfg, h_out, w_out):
     """(tile rows, tile columns) of a conv config on an output size."""
     return -(-h_out // cfg.meta["BLOCK_H"]), -(-w_out // cfg.meta["BLOCK_W"])
@@ -101,7 +107,9 @@ def setup(case, dtype_name):
 
 
 def run_pipeline(case, dtype_name, precision, conv_cfg, stats_cfg, algorithm, apply_cfg=V.APPLY_CONFIGS[0]):
-    """The three launches the C++ runtime makes for `algorithm`, on poisoned buffers."""
+    """The launches the C++ runtime makes for `algorithm`, on poisoned buffers."""
+    if algorithm == "channels_last":
+        return run_channels_last(case, dtype_name, precision, conv_cfg, stats_cfg)
     dtype, ref, model, x, w, h_out, w_out = setup(case, dtype_name)
     conv, gn = model.conv, model.group_norm
     c_out, g = case.c_out, case.groups
@@ -140,7 +148,47 @@ def run_pipeline(case, dtype_name, precision, conv_cfg, stats_cfg, algorithm, ap
     return assert_matches(y, expected(case, x, ref, dtype), dtype)
 
 
-@pytest.mark.parametrize("algorithm", ["materialize", "recompute"])
+def run_channels_last(case, dtype_name, precision, conv_cfg, stats_cfg):
+    """The channels-last sequence: copy x and pack the weight (into NaN-poisoned workspaces, so
+    an unwritten padding channel or tap shows), conv + statistics, merge, conv + normalize."""
+    dtype, ref, model, x, w, h_out, w_out = setup(case, dtype_name)
+    conv, gn = model.conv, model.group_norm
+    c_out, g = case.c_out, case.groups
+    chunks, taps_ = -(-case.c_in // 8), case.kernel[0] * case.kernel[1]
+    tp = taps_ + taps_ % 2
+    nan = float("nan")
+    xt = torch.full((case.n, case.h, case.w, 8 * chunks), nan, dtype=dtype)
+    wk = torch.full((c_out, chunks, tp, 8), nan, dtype=dtype)
+    tcfg, pcfg = V.TRANSPOSE_CONFIGS[0], V.PACK_CONFIGS[0]
+    w_blocks = -(-case.w // tcfg.meta["BLOCK_W"])
+    K.to_channels_last_kernel[(case.n * case.h * w_blocks,)](
+        x, xt, case.c_in, case.h, case.w, *x.stride(), chunks, w_blocks, **tcfg.meta)
+    assert torch.equal(xt[..., :case.c_in], x.permute(0, 2, 3, 1)) and (xt[..., case.c_in:] == 0).all()
+    K.pack_weight_kernel[(c_out * chunks,)](w, wk, case.c_in, taps_, tp, chunks, **pcfg.meta)
+    assert torch.isfinite(wk).all()
+    th, tw = tiling(conv_cfg, h_out, w_out)
+    tiles, cblocks = th * tw, -(-c_out // conv_cfg.meta["BLOCK_C"])
+    part_mean = torch.full((case.n, c_out, tiles), nan)
+    part_m2 = torch.full((case.n, c_out, tiles), nan)
+    stats = torch.full((case.n, g, 2), nan)
+    y = torch.full((case.n, c_out, h_out, w_out), nan, dtype=dtype)
+    geometry = (c_out, case.h, case.w, h_out, w_out, *case.kernel, chunks,
+                *case.stride, *case.padding, *case.dilation, th, tw, cblocks, 1)
+    meta = dict(conv_cfg.meta, PRECISION=precision, TAPS=cl_taps(case))
+    p = lambda t: t.detach().reshape(-1)  # noqa: E731
+    K.conv_cl_stats_kernel[(case.n * tiles * cblocks,)](
+        xt, wk, p(conv.bias), p(model.bias), p(model.scale), part_mean, part_m2, *geometry, **meta)
+    assert torch.isfinite(part_mean).all() and (part_m2 >= 0).all()
+    K.group_stats_kernel[(case.n * g,)](part_mean, part_m2, stats, c_out // g, h_out, w_out, th, tw,
+                                        conv_cfg.meta["BLOCK_H"], conv_cfg.meta["BLOCK_W"],
+                                        gn.eps, **stats_cfg.meta)
+    K.conv_cl_norm_kernel[(case.n * tiles * cblocks,)](
+        xt, wk, p(conv.bias), p(model.bias), p(model.scale), p(gn.weight), p(gn.bias), stats, y,
+        *geometry, g, c_out // g, 1, 1, **meta)
+    return assert_matches(y, expected(case, x, ref, dtype), dtype)
+
+
+@pytest.mark.parametrize("algorithm", ["materialize", "recompute", "channels_last"])
 @pytest.mark.parametrize("case", CASES, ids=str)
 @pytest.mark.parametrize("variant", conv_variants(), ids=lambda v: f"{v.dtype}-{v.precision}-{v.config.name}")
 def test_conv_variants(case, variant, algorithm):

@@ -1,4 +1,4 @@
-"""Conv2d -> +bias -> *scale -> sigmoid -> GroupNorm as three Triton kernels.
+"""Conv2d -> +bias -> *scale -> sigmoid -> GroupNorm as Triton kernels.
 
 The single source of truth for fusedconv's GPU code: the AOT build compiles these functions
 into cubins/PTX, the interpreter tests launch them on CPU tensors, and nothing else holds
@@ -14,6 +14,9 @@ Two algorithms over the same pieces (shared/design/performance-model.md, options
      x read twice, y written once, the conv paid twice);
      or group_norm_apply_kernel: normalizes the stored values ("materialize": the conv paid
      once, y's bytes three times). Which is cheaper depends on how fast the conv runs.
+And "channels_last", recompute over a channels-last copy of x: to_channels_last_kernel and
+pack_weight_kernel, then conv_cl_stats_kernel, group_stats_kernel, conv_cl_norm_kernel, whose
+conv tile gathers with 16-byte vector loads.
 
 Index conventions shared by the conv kernels:
   x       [N, C_in, H, W]           any strides; the batch stride is 64-bit, the others 32-bit
@@ -280,6 +283,36 @@ def _out_offsets(n, c_block, oh, ow, C_out, H_out, W_out, BLOCK_C: tl.constexpr)
 
 
 @triton.jit
+def _store_tile_stats(v, n, th, tw, p_mask, offs_c, c_mask, part_mean_ptr, part_m2_ptr,
+                      C_out, H_out, W_out, num_th, num_tw, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
+    """Each channel's mean and M2 over the tile's valid positions, into the partials. Two passes
+    over registers, the tile's own mean first and then squared deviations from it, so M2 never
+    suffers the cancellation of sum(v^2) - sum(v)^2 / n."""
+    count = (tl.minimum(H_out - th * BLOCK_H, BLOCK_H) * tl.minimum(W_out - tw * BLOCK_W, BLOCK_W)).to(tl.float32)
+    tile_mean = tl.sum(tl.where(p_mask[:, None], v, 0.0), axis=0) / count
+    dev = tl.where(p_mask[:, None], v - tile_mean[None, :], 0.0)
+    tile_m2 = tl.sum(dev * dev, axis=0)
+    out = (n.to(tl.int64) * C_out + offs_c) * (num_th * num_tw) + th * num_tw + tw
+    tl.store(part_mean_ptr + out, tile_mean, mask=c_mask)
+    tl.store(part_m2_ptr + out, tile_m2, mask=c_mask)
+
+
+@triton.jit
+def _store_normalized(v, n, c_block, oh, ow, p_mask, offs_c, c_mask, stats_ptr, gn_weight_ptr, gn_bias_ptr,
+                      y_ptr, C_out, H_out, W_out, num_groups, channels_per_group, has_gn_weight, has_gn_bias,
+                      BLOCK_C: tl.constexpr):
+    """y = GroupNorm(v) for a tile, with its group's (mean, rstd) from group_stats_kernel."""
+    stat = (n.to(tl.int64) * num_groups + offs_c // channels_per_group) * 2
+    mean = tl.load(stats_ptr + stat, mask=c_mask, other=0.0)
+    rstd = tl.load(stats_ptr + stat + 1, mask=c_mask, other=0.0)
+    gamma = tl.load(gn_weight_ptr + offs_c, mask=c_mask & (has_gn_weight != 0), other=1.0).to(tl.float32)
+    beta = tl.load(gn_bias_ptr + offs_c, mask=c_mask & (has_gn_bias != 0), other=0.0).to(tl.float32)
+    y = (v - mean[None, :]) * (rstd * gamma)[None, :] + beta[None, :]
+    tl.store(y_ptr + _out_offsets(n, c_block, oh, ow, C_out, H_out, W_out, BLOCK_C),
+             y.to(y_ptr.dtype.element_ty), mask=p_mask[:, None] & c_mask[None, :])
+
+
+@triton.jit
 def conv_stats_kernel(
     x_ptr,          # [N, C_in, H, W], strided
     w_ptr,          # [C_out, C_in*KH*KW], contiguous
@@ -307,15 +340,8 @@ def conv_stats_kernel(
         stride_xn, stride_xc, stride_xh, stride_xw,
         stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
         has_conv_bias, BLOCK_H * BLOCK_W, BLOCK_C, BLOCK_K, K_STEPS, TAPS, PRECISION)
-    # Two passes over registers: the tile's own mean first, then squared deviations from it,
-    # so M2 never suffers the cancellation of sum(v^2) - sum(v)^2 / n.
-    count = (tl.minimum(H_out - th * BLOCK_H, BLOCK_H) * tl.minimum(W_out - tw * BLOCK_W, BLOCK_W)).to(tl.float32)
-    tile_mean = tl.sum(tl.where(p_mask[:, None], v, 0.0), axis=0) / count
-    dev = tl.where(p_mask[:, None], v - tile_mean[None, :], 0.0)
-    tile_m2 = tl.sum(dev * dev, axis=0)
-    out = (n.to(tl.int64) * C_out + offs_c) * (num_th * num_tw) + th * num_tw + tw
-    tl.store(part_mean_ptr + out, tile_mean, mask=c_mask)
-    tl.store(part_m2_ptr + out, tile_m2, mask=c_mask)
+    _store_tile_stats(v, n, th, tw, p_mask, offs_c, c_mask, part_mean_ptr, part_m2_ptr,
+                      C_out, H_out, W_out, num_th, num_tw, BLOCK_H, BLOCK_W)
     if STORE_V:
         tl.store(v_ptr + _out_offsets(n, c_block, oh, ow, C_out, H_out, W_out, BLOCK_C), v,
                  mask=p_mask[:, None] & c_mask[None, :])
@@ -398,14 +424,9 @@ def conv_norm_kernel(
         stride_xn, stride_xc, stride_xh, stride_xw,
         stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
         has_conv_bias, BLOCK_H * BLOCK_W, BLOCK_C, BLOCK_K, K_STEPS, TAPS, PRECISION)
-    stat = (n.to(tl.int64) * num_groups + offs_c // channels_per_group) * 2
-    mean = tl.load(stats_ptr + stat, mask=c_mask, other=0.0)
-    rstd = tl.load(stats_ptr + stat + 1, mask=c_mask, other=0.0)
-    gamma = tl.load(gn_weight_ptr + offs_c, mask=c_mask & (has_gn_weight != 0), other=1.0).to(tl.float32)
-    beta = tl.load(gn_bias_ptr + offs_c, mask=c_mask & (has_gn_bias != 0), other=0.0).to(tl.float32)
-    y = (v - mean[None, :]) * (rstd * gamma)[None, :] + beta[None, :]
-    tl.store(y_ptr + _out_offsets(n, c_block, oh, ow, C_out, H_out, W_out, BLOCK_C),
-             y.to(y_ptr.dtype.element_ty), mask=p_mask[:, None] & c_mask[None, :])
+    _store_normalized(v, n, c_block, oh, ow, p_mask, offs_c, c_mask, stats_ptr, gn_weight_ptr, gn_bias_ptr,
+                      y_ptr, C_out, H_out, W_out, num_groups, channels_per_group, has_gn_weight, has_gn_bias,
+                      BLOCK_C)
 
 
 @triton.jit
@@ -435,6 +456,199 @@ def group_norm_apply_kernel(
     v = tl.load(v_ptr + base + offs, mask=mask, other=0.0)
     y = (v - mean) * (rstd * gamma) + beta
     tl.store(y_ptr + base + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+# --- Channels-last algorithm ---------------------------------------------------------------
+# x is first copied to a channels-last workspace with the channels padded to a multiple of 8,
+# and the weight into the matching K order. Every im2col row of a tile then comes from 16-byte
+# vector loads (8 channels of one tap at one position) at offsets that keep their alignment
+# through every tap, and the tensor cores read the tile from shared memory: the NCHW gather
+# above spends ~7 instructions on each x element instead (docs/performance.md, v9).
+
+
+@triton.jit
+def to_channels_last_kernel(
+    x_ptr,   # [N, C_in, H, W], strided
+    xt_ptr,  # [N, H, W, 8 * num_chunks], contiguous, out; channels past C_in are written as 0
+    C_in, H, W, stride_xn, stride_xc, stride_xh, stride_xw, num_chunks, num_w_blocks,
+    BLOCK_W: tl.constexpr,
+):
+    # One program per (n, row, BLOCK_W columns), looping over chunks of 8 channels: loads run
+    # along a row of x, stores along each position's channels.
+    pid = tl.program_id(0)
+    row = pid // num_w_blocks  # n * H + h
+    offs_w = (pid % num_w_blocks) * BLOCK_W + tl.arange(0, BLOCK_W)
+    w_mask = offs_w < W
+    src = x_ptr + (row // H).to(tl.int64) * stride_xn + (row % H) * stride_xh
+    dst = xt_ptr + row.to(tl.int64) * W * (num_chunks * 8)
+    for chunk in range(0, num_chunks):
+        offs_c = chunk * 8 + tl.arange(0, 8)
+        v = tl.load(src + offs_c[:, None] * stride_xc + offs_w[None, :] * stride_xw,
+                    mask=(offs_c < C_in)[:, None] & w_mask[None, :], other=0.0)
+        tl.store(dst + offs_w[:, None] * (num_chunks * 8) + offs_c[None, :], tl.trans(v), mask=w_mask[:, None])
+
+
+@triton.jit
+def pack_weight_kernel(
+    w_ptr,   # [C_out, C_in, KH * KW], contiguous
+    wk_ptr,  # [C_out, num_chunks, TP, 8], out; TP = KH * KW rounded up to even, zero padded
+    C_in, KT, TP, num_chunks,
+    BLOCK_T: tl.constexpr,
+):
+    # One program per (output channel, chunk of 8 input channels); K order (chunk, tap, channel)
+    # is the channels-last conv tile's, two taps of one chunk per K step of 16.
+    pid = tl.program_id(0)
+    co = pid // num_chunks
+    chunk = pid % num_chunks
+    ci = chunk * 8 + tl.arange(0, 8)
+    src = w_ptr + co.to(tl.int64) * C_in * KT
+    dst = wk_ptr + pid.to(tl.int64) * TP * 8
+    for t0 in range(0, TP, BLOCK_T):
+        tap = t0 + tl.arange(0, BLOCK_T)
+        v = tl.load(src + ci[None, :] * KT + tap[:, None], mask=(ci < C_in)[None, :] & (tap < KT)[:, None], other=0.0)
+        tl.store(dst + tap[:, None] * 8 + tl.arange(0, 8)[None, :], v, mask=(tap < TP)[:, None])
+
+
+@triton.jit
+def _cl_k_step(acc, tap0, x_chunk, w_step, pos_off, ih0, iw0, offs_c, c_mask,
+               H, W, KW, K_taps, C_pad, KP, dil_h, dil_w,
+               BLOCK_K: tl.constexpr, TAPS: tl.constexpr, PRECISION: tl.constexpr):
+    """acc[M, C] += xt[M, taps tap0, tap0+1 (x 8 channels)] @ wk[those 16 k's, C]."""
+    tl.static_assert(BLOCK_K == 16, "a K step is two taps of 8 channels, as pack_weight_kernel packs them")
+    kl = tl.arange(0, BLOCK_K)
+    tap = tap0 + kl // 8  # constant over each run of 8 k's, so the loads stay 16-byte vectors
+    kh = tap // KW
+    dh = kh * dil_h
+    dw = (tap - kh * KW) * dil_w
+    if TAPS > 0:
+        # Unpadded: positions are clamped into the output, so every tap lies inside x.
+        ok = tl.broadcast_to((tap < K_taps)[None, :], (ih0.shape[0], BLOCK_K))
+    else:
+        ih = ih0[:, None] + dh[None, :]
+        iw = iw0[:, None] + dw[None, :]
+        ok = (ih.to(tl.uint32, bitcast=True) < H.to(tl.uint32)) & \
+             (iw.to(tl.uint32, bitcast=True) < W.to(tl.uint32)) & (tap < K_taps)[None, :]
+    x_tile = tl.load(x_chunk + pos_off[:, None] + ((dh * W + dw) * C_pad + kl % 8)[None, :], mask=ok, other=0.0)
+    w_tile = tl.load(w_step + tap0 * 8 + kl[:, None] + offs_c[None, :] * KP,
+                     mask=c_mask[None, :] & (tap < K_taps)[:, None], other=0.0)
+    return _dot_step(acc, x_tile, w_tile, PRECISION)
+
+
+@triton.jit
+def _cl_chunk(acc, chunk, x_sample, wk_ptr, pos_off, ih0, iw0, offs_c, c_mask,
+              H, W, KH, KW, C_pad, KP, dil_h, dil_w,
+              BLOCK_K: tl.constexpr, K_STEPS: tl.constexpr, TAPS: tl.constexpr, PRECISION: tl.constexpr):
+    """Every tap of input channels 8 * chunk .. 8 * chunk + 7."""
+    x_chunk = x_sample + chunk * 8
+    if TAPS > 0:
+        w_step = wk_ptr + chunk * ((TAPS * TAPS + 1) // 2 * 16)
+        # A runtime loop without software pipelining ran fastest on the H200 (a static unroll
+        # or cp.async stages of 2-4 were 7-35% slower, docs/performance.md, v9).
+        for tap0 in tl.range(0, TAPS * TAPS, 2, num_stages=1):
+            acc = _cl_k_step(acc, tap0, x_chunk, w_step, pos_off, ih0, iw0, offs_c, c_mask,
+                             H, W, TAPS, TAPS * TAPS, C_pad, KP, dil_h, dil_w, BLOCK_K, TAPS, PRECISION)
+    else:
+        w_step = wk_ptr + chunk * ((KH * KW + 1) // 2 * 16)
+        for step in tl.static_range(K_STEPS):
+            acc = _cl_k_step(acc, 2 * step, x_chunk, w_step, pos_off, ih0, iw0, offs_c, c_mask,
+                             H, W, KW, KH * KW, C_pad, KP, dil_h, dil_w, BLOCK_K, TAPS, PRECISION)
+        for tap0 in range(2 * K_STEPS, KH * KW, 2):
+            acc = _cl_k_step(acc, tap0, x_chunk, w_step, pos_off, ih0, iw0, offs_c, c_mask,
+                             H, W, KW, KH * KW, C_pad, KP, dil_h, dil_w, BLOCK_K, TAPS, PRECISION)
+    return acc
+
+
+@triton.jit
+def _cl_conv_bias_scale_sigmoid_tile(
+    xt_ptr, wk_ptr, conv_bias_ptr, bias_ptr, scale_ptr,
+    n, oh, ow, p_mask, offs_c, c_mask,
+    H, W, KH, KW, num_chunks, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, has_conv_bias,
+    BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr, K_STEPS: tl.constexpr,
+    TAPS: tl.constexpr, PRECISION: tl.constexpr,
+):
+    """_conv_bias_scale_sigmoid_tile over the channels-last workspace: the same values, with
+    K ordered (chunk of 8 channels, tap, channel) and two taps per K step of 16."""
+    if TAPS > 0:
+        oh = tl.where(p_mask, oh, 0)
+        ow = tl.where(p_mask, ow, 0)
+    ih0 = oh * stride_h - pad_h
+    iw0 = ow * stride_w - pad_w
+    C_pad = num_chunks * 8  # a multiple of 8 the compiler can see: 16-byte vector loads
+    x_sample = xt_ptr + n.to(tl.int64) * H * W * C_pad
+    pos_off = (ih0 * W + iw0) * C_pad
+    if TAPS == 0:
+        FAR: tl.constexpr = -(1 << 29)  # positions past the tile fail the row test
+        ih0 = tl.where(p_mask, ih0, FAR)
+    if TAPS > 0:
+        KP = num_chunks * ((TAPS * TAPS + 1) // 2 * 16)
+    else:
+        KP = num_chunks * ((KH * KW + 1) // 2 * 16)
+    acc = tl.zeros((BLOCK_M, BLOCK_C), dtype=tl.float32)
+    acc = _cl_chunk(acc, 0, x_sample, wk_ptr, pos_off, ih0, iw0, offs_c, c_mask, H, W, KH, KW, C_pad, KP,
+                    dil_h, dil_w, BLOCK_K, K_STEPS, TAPS, PRECISION)
+    for chunk in range(1, num_chunks):
+        acc = _cl_chunk(acc, chunk, x_sample, wk_ptr, pos_off, ih0, iw0, offs_c, c_mask, H, W, KH, KW, C_pad, KP,
+                        dil_h, dil_w, BLOCK_K, K_STEPS, TAPS, PRECISION)
+    mul, add = _channel_params(conv_bias_ptr, bias_ptr, scale_ptr, offs_c, c_mask, has_conv_bias)
+    return _sigmoid_of_log2(acc * mul[None, :] + add[None, :])
+
+
+@triton.jit
+def conv_cl_stats_kernel(
+    xt_ptr,         # [N, H, W, 8 * num_chunks], contiguous, 16-byte aligned (to_channels_last_kernel)
+    wk_ptr,         # [C_out, num_chunks, TP, 8], contiguous, 16-byte aligned (pack_weight_kernel)
+    conv_bias_ptr,  # [C_out]; read only if has_conv_bias
+    bias_ptr,       # [C_out]
+    scale_ptr,      # [C_out]
+    part_mean_ptr,  # [N, C_out, num_th * num_tw] fp32, out
+    part_m2_ptr,    # [N, C_out, num_th * num_tw] fp32, out
+    C_out, H, W, H_out, W_out, KH, KW, num_chunks,
+    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+    num_th, num_tw, num_c_blocks, has_conv_bias,
+    BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr,
+    K_STEPS: tl.constexpr, TAPS: tl.constexpr, PRECISION: tl.constexpr,
+):
+    n, th, tw, c_block = _tile_coords(num_th, num_tw, num_c_blocks)
+    oh, ow, p_mask = _tile_positions(th, tw, H_out, W_out, BLOCK_H, BLOCK_W)
+    offs_c = c_block * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_mask = offs_c < C_out
+    v = _cl_conv_bias_scale_sigmoid_tile(
+        xt_ptr, wk_ptr, conv_bias_ptr, bias_ptr, scale_ptr, n, oh, ow, p_mask, offs_c, c_mask,
+        H, W, KH, KW, num_chunks, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, has_conv_bias,
+        BLOCK_H * BLOCK_W, BLOCK_C, BLOCK_K, K_STEPS, TAPS, PRECISION)
+    _store_tile_stats(v, n, th, tw, p_mask, offs_c, c_mask, part_mean_ptr, part_m2_ptr,
+                      C_out, H_out, W_out, num_th, num_tw, BLOCK_H, BLOCK_W)
+
+
+@triton.jit
+def conv_cl_norm_kernel(
+    xt_ptr,         # [N, H, W, 8 * num_chunks], contiguous, 16-byte aligned (to_channels_last_kernel)
+    wk_ptr,         # [C_out, num_chunks, TP, 8], contiguous, 16-byte aligned (pack_weight_kernel)
+    conv_bias_ptr,  # [C_out]; read only if has_conv_bias
+    bias_ptr,       # [C_out]
+    scale_ptr,      # [C_out]
+    gn_weight_ptr,  # [C_out]; read only if has_gn_weight
+    gn_bias_ptr,    # [C_out]; read only if has_gn_bias
+    stats_ptr,      # [N, G, 2] fp32 (mean, rstd)
+    y_ptr,          # [N, C_out, H_out*W_out], contiguous, out
+    C_out, H, W, H_out, W_out, KH, KW, num_chunks,
+    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+    num_th, num_tw, num_c_blocks, has_conv_bias,
+    num_groups, channels_per_group, has_gn_weight, has_gn_bias,
+    BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr,
+    K_STEPS: tl.constexpr, TAPS: tl.constexpr, PRECISION: tl.constexpr,
+):
+    n, th, tw, c_block = _tile_coords(num_th, num_tw, num_c_blocks)
+    oh, ow, p_mask = _tile_positions(th, tw, H_out, W_out, BLOCK_H, BLOCK_W)
+    offs_c = c_block * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_mask = offs_c < C_out
+    v = _cl_conv_bias_scale_sigmoid_tile(
+        xt_ptr, wk_ptr, conv_bias_ptr, bias_ptr, scale_ptr, n, oh, ow, p_mask, offs_c, c_mask,
+        H, W, KH, KW, num_chunks, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, has_conv_bias,
+        BLOCK_H * BLOCK_W, BLOCK_C, BLOCK_K, K_STEPS, TAPS, PRECISION)
+    _store_normalized(v, n, c_block, oh, ow, p_mask, offs_c, c_mask, stats_ptr, gn_weight_ptr, gn_bias_ptr,
+                      y_ptr, C_out, H_out, W_out, num_groups, channels_per_group, has_gn_weight, has_gn_bias,
+                      BLOCK_C)
 
 
 @triton.jit

@@ -57,6 +57,18 @@ RESIDENT_CONFIGS = (
     Config("r4_m1024", dict(BLOCK_M=1024, BLOCK_C=4, UNROLL=8), num_warps=8, num_stages=1),
 )
 
+# Copy of x to channels-last: memory-bound, one program per 64 positions of a row.
+TRANSPOSE_CONFIGS = (
+    Config("w64", dict(BLOCK_W=64), num_warps=4, num_stages=1),
+)
+
+# Weight packing for the channels-last conv: C_out * C_in / 8 tiny programs.
+PACK_CONFIGS = (
+    Config("t16", dict(BLOCK_T=16), num_warps=1, num_stages=1),
+)
+
+_CL_ALIGNED = ("xt_ptr", "wk_ptr")
+
 DTYPES = ("fp32", "fp16", "bf16")
 
 # tl.dot input precision per (arch, dtype, mode). "accurate" must pass allclose(1e-4) in fp32:
@@ -78,6 +90,7 @@ class KernelSpec:
     fixed: dict        # constexprs this kernel name pins
     per_dtype: bool    # compiled once per input dtype
     per_mode: bool     # compiled once per precision mode (the conv kernels)
+    aligned: tuple = ()  # pointer arguments the launcher guarantees 16-byte aligned
 
 
 # The image names the C++ runtime asks for.
@@ -91,6 +104,14 @@ KERNELS = {
     "conv3x3_stats": KernelSpec(k.conv_stats_kernel, CONV_CONFIGS, {"STORE_V": False, "TAPS": 3}, True, True),
     "conv3x3_stats_store": KernelSpec(k.conv_stats_kernel, CONV_CONFIGS, {"STORE_V": True, "TAPS": 3}, True, True),
     "conv3x3_norm": KernelSpec(k.conv_norm_kernel, CONV_CONFIGS, {"TAPS": 3}, True, True),
+    # The channels-last algorithm: its conv kernels read workspaces the launcher allocates
+    # (so 16-byte aligned, which their vector loads need the compiler to know).
+    "to_channels_last": KernelSpec(k.to_channels_last_kernel, TRANSPOSE_CONFIGS, {}, True, False),
+    "pack_weight": KernelSpec(k.pack_weight_kernel, PACK_CONFIGS, {}, True, False),
+    "conv_cl_stats": KernelSpec(k.conv_cl_stats_kernel, CONV_CONFIGS, {"TAPS": 0}, True, True, _CL_ALIGNED),
+    "conv_cl_norm": KernelSpec(k.conv_cl_norm_kernel, CONV_CONFIGS, {"TAPS": 0}, True, True, _CL_ALIGNED),
+    "conv3x3_cl_stats": KernelSpec(k.conv_cl_stats_kernel, CONV_CONFIGS, {"TAPS": 3}, True, True, _CL_ALIGNED),
+    "conv3x3_cl_norm": KernelSpec(k.conv_cl_norm_kernel, CONV_CONFIGS, {"TAPS": 3}, True, True, _CL_ALIGNED),
     "group_stats": KernelSpec(k.group_stats_kernel, GROUP_STATS_CONFIGS, {}, False, False),
     "group_norm_apply": KernelSpec(k.group_norm_apply_kernel, APPLY_CONFIGS, {}, True, False),
     # Exact FP32 on every arch and dtype: small problems are latency-bound, not FLOP-bound.
@@ -140,6 +161,12 @@ class Variant:
         if self.precision:
             c["PRECISION"] = self.precision
         return c
+
+    @property
+    def attrs(self) -> dict:
+        """Triton's compile-time facts: 16-byte alignment of the launcher-allocated buffers."""
+        aligned = KERNELS[self.kernel].aligned
+        return {(i,): [["tt.divisibility", 16]] for i, name in enumerate(self.fn.arg_names) if name in aligned}
 
     @property
     def name(self) -> str:

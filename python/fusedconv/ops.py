@@ -6,7 +6,7 @@ from typing import Optional, Sequence, Union
 import torch
 
 IntPair = Union[int, Sequence[int]]
-ALGORITHMS = ("materialize", "recompute", "resident")
+ALGORITHMS = ("materialize", "recompute", "channels_last", "resident")
 
 
 def forward(x: torch.Tensor, weight: torch.Tensor, conv_bias: Optional[torch.Tensor],
@@ -47,8 +47,9 @@ def forced_config(name: str):
 
 def forced_algorithm(name: str):
     """Run the CUDA op with "materialize" (conv once, normalize the stored values),
-    "recompute" (conv twice, y written once) or "resident" (one launch, one program per
-    (sample, group) holding the whole group; ValueError where a group does not fit).
+    "recompute" (conv twice, y written once), "channels_last" (recompute over a channels-last
+    copy of x) or "resident" (one launch, one program per (sample, group) holding the whole
+    group; ValueError where a group does not fit).
     Process-wide, for tests and tuning."""
     return _overridden(torch.ops.fusedconv._get_algorithm, torch.ops.fusedconv._set_algorithm, name)
 
