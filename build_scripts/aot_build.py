@@ -125,11 +125,10 @@ def _generate_cpp(entries, report):
 
 
 def _positions_per_program(meta):
-    """BLOCK_M (resident), BLOCK_H * BLOCK_W (conv tiles), BLOCK_W (the channels-last copy's
-    row of positions) or BLOCK (element-wise kernels)."""
-    if "BLOCK_H" in meta:
+    """BLOCK_M (resident), BLOCK_H * BLOCK_W (conv tiles) or BLOCK (element-wise kernels)."""
+    if "BLOCK_W" in meta:
         return meta["BLOCK_H"] * meta["BLOCK_W"]
-    return meta.get("BLOCK_M", meta.get("BLOCK_W", meta.get("BLOCK", 0)))
+    return meta.get("BLOCK_M", meta.get("BLOCK", 0))
 
 
 def build(out_dir, archs, ptx_archs, jobs=None, log=print):

@@ -336,13 +336,13 @@ at::Tensor forward_cuda(FUSEDCONV_FORWARD_PARAMS) {
       CUdeviceptr xt = ptr(cl_space), wk = xt + n_xt * cl_space.element_size();
       int32_t a_c_in = i32(c_in, "C_in"), a_chunks = i32(chunks, "C_in / 8");
       int32_t a_taps = i32(taps, "KH * KW"), a_taps_even = i32(taps_even, "KH * KW");
-      const Kernel copy_k = load(device, find_image(set, "to_channels_last", dtype, "any", "w64"));
+      const Kernel copy_k = load(device, find_image(set, "to_channels_last", dtype, "any", w >= 64 ? "b64" : "b32"));
       const int64_t w_blocks = (w + copy_k.image->block_w - 1) / copy_k.image->block_w;
       int32_t a_w_blocks = i32(w_blocks, "column blocks");
       void* copy_args[] = {&x_p, &xt, &a_c_in, &a_h, &a_w, &a_sxn, &a_sxc, &a_sxh, &a_sxw, &a_chunks,
                            &a_w_blocks, &no_scratch, &no_scratch};
       launch(copy_k, n * h * w_blocks, copy_args, s);
-      const Kernel pack_k = load(device, find_image(set, "pack_weight", dtype, "any", "t16"));
+      const Kernel pack_k = load(device, find_image(set, "pack_weight", dtype, "any", taps_even > 8 ? "b16" : "b8"));
       void* pack_args[] = {&w_p, &wk, &a_c_in, &a_taps, &a_taps_even, &a_chunks, &no_scratch, &no_scratch};
       launch(pack_k, c_out * chunks, pack_args, s);
       // Argument order is the kernels' parameter order in triton_kernels/conv_sigmoid_groupnorm.py.

@@ -206,7 +206,8 @@ def test_generator_follows_calls_and_ignores_other_kernels():
     got = [name for name, _, _ in export.kernel_functions(source, ["conv_stats_kernel"])]
     assert got == ["_sigmoid_of_log2", "_tf32_split", "_tile_coords", "_tile_positions", "_channel_params",
                    "_conv_k_step", "_dot_step", "_tap_column", "_tap_pair", "_tap_quad", "_tap_octet",
-                   "_conv_taps_k_step", "_conv_bias_scale_sigmoid_tile", "_out_offsets", "conv_stats_kernel"]
+                   "_conv_taps_k_step", "_conv_bias_scale_sigmoid_tile", "_out_offsets", "_store_tile_stats",
+                   "conv_stats_kernel"]
     with pytest.raises(RuntimeError, match="module-level names"):
         export.kernel_functions(source + "\nLIMIT = 3\n\n@triton.jit\ndef k(p):\n    tl.store(p, LIMIT)\n", ["k"])
 

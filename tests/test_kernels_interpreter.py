@@ -148,7 +148,8 @@ def run_pipeline(case, dtype_name, precision, conv_cfg, stats_cfg, algorithm, ap
     return assert_matches(y, expected(case, x, ref, dtype), dtype)
 
 
-def run_channels_last(case, dtype_name, precision, conv_cfg, stats_cfg):
+def run_channels_last(case, dtype_name, precision, conv_cfg, stats_cfg,
+                      tcfg=V.TRANSPOSE_CONFIGS[0], pcfg=V.PACK_CONFIGS[0]):
     """The channels-last sequence: copy x and pack the weight (into NaN-poisoned workspaces, so
     an unwritten padding channel or tap shows), conv + statistics, merge, conv + normalize."""
     dtype, ref, model, x, w, h_out, w_out = setup(case, dtype_name)
@@ -159,8 +160,7 @@ def run_channels_last(case, dtype_name, precision, conv_cfg, stats_cfg):
     nan = float("nan")
     xt = torch.full((case.n, case.h, case.w, 8 * chunks), nan, dtype=dtype)
     wk = torch.full((c_out, chunks, tp, 8), nan, dtype=dtype)
-    tcfg, pcfg = V.TRANSPOSE_CONFIGS[0], V.PACK_CONFIGS[0]
-    w_blocks = -(-case.w // tcfg.meta["BLOCK_W"])
+    w_blocks = -(-case.w // tcfg.meta["BLOCK"])
     K.to_channels_last_kernel[(case.n * case.h * w_blocks,)](
         x, xt, case.c_in, case.h, case.w, *x.stride(), chunks, w_blocks, **tcfg.meta)
     assert torch.equal(xt[..., :case.c_in], x.permute(0, 2, 3, 1)) and (xt[..., case.c_in:] == 0).all()
@@ -193,6 +193,15 @@ def run_channels_last(case, dtype_name, precision, conv_cfg, stats_cfg):
 @pytest.mark.parametrize("variant", conv_variants(), ids=lambda v: f"{v.dtype}-{v.precision}-{v.config.name}")
 def test_conv_variants(case, variant, algorithm):
     run_pipeline(case, variant.dtype, variant.precision, variant.config, V.GROUP_STATS_CONFIGS[0], algorithm)
+
+
+@pytest.mark.parametrize("dtype", list(TORCH_DTYPES))
+@pytest.mark.parametrize("tcfg,pcfg", list(zip(V.TRANSPOSE_CONFIGS, V.PACK_CONFIGS)), ids=lambda c: c.name)
+def test_channels_last_copy_and_pack_configs(tcfg, pcfg, dtype):
+    # Rows longer than one copy block, C_in past one chunk, 25 taps (more than a pack block).
+    case = Case(n=1, c_in=11, c_out=8, h=7, w=70, kernel=(5, 5), groups=2, padding=(2, 1))
+    run_channels_last(case, dtype, "ieee" if dtype == "fp32" else "tf32", V.CONV_CONFIGS[-1],
+                      V.GROUP_STATS_CONFIGS[0], tcfg, pcfg)
 
 
 @pytest.mark.parametrize("stats_cfg", V.GROUP_STATS_CONFIGS, ids=lambda c: c.name)

@@ -471,13 +471,13 @@ def to_channels_last_kernel(
     x_ptr,   # [N, C_in, H, W], strided
     xt_ptr,  # [N, H, W, 8 * num_chunks], contiguous, out; channels past C_in are written as 0
     C_in, H, W, stride_xn, stride_xc, stride_xh, stride_xw, num_chunks, num_w_blocks,
-    BLOCK_W: tl.constexpr,
+    BLOCK: tl.constexpr,
 ):
-    # One program per (n, row, BLOCK_W columns), looping over chunks of 8 channels: loads run
+    # One program per (n, row, BLOCK columns), looping over chunks of 8 channels: loads run
     # along a row of x, stores along each position's channels.
     pid = tl.program_id(0)
     row = pid // num_w_blocks  # n * H + h
-    offs_w = (pid % num_w_blocks) * BLOCK_W + tl.arange(0, BLOCK_W)
+    offs_w = (pid % num_w_blocks) * BLOCK + tl.arange(0, BLOCK)
     w_mask = offs_w < W
     src = x_ptr + (row // H).to(tl.int64) * stride_xn + (row % H) * stride_xh
     dst = xt_ptr + row.to(tl.int64) * W * (num_chunks * 8)
@@ -493,7 +493,7 @@ def pack_weight_kernel(
     w_ptr,   # [C_out, C_in, KH * KW], contiguous
     wk_ptr,  # [C_out, num_chunks, TP, 8], out; TP = KH * KW rounded up to even, zero padded
     C_in, KT, TP, num_chunks,
-    BLOCK_T: tl.constexpr,
+    BLOCK: tl.constexpr,
 ):
     # One program per (output channel, chunk of 8 input channels); K order (chunk, tap, channel)
     # is the channels-last conv tile's, two taps of one chunk per K step of 16.
@@ -503,8 +503,8 @@ def pack_weight_kernel(
     ci = chunk * 8 + tl.arange(0, 8)
     src = w_ptr + co.to(tl.int64) * C_in * KT
     dst = wk_ptr + pid.to(tl.int64) * TP * 8
-    for t0 in range(0, TP, BLOCK_T):
-        tap = t0 + tl.arange(0, BLOCK_T)
+    for t0 in range(0, TP, BLOCK):
+        tap = t0 + tl.arange(0, BLOCK)
         v = tl.load(src + ci[None, :] * KT + tap[:, None], mask=(ci < C_in)[None, :] & (tap < KT)[:, None], other=0.0)
         tl.store(dst + tap[:, None] * 8 + tl.arange(0, 8)[None, :], v, mask=(tap < TP)[:, None])
 

@@ -57,14 +57,17 @@ RESIDENT_CONFIGS = (
     Config("r4_m1024", dict(BLOCK_M=1024, BLOCK_C=4, UNROLL=8), num_warps=8, num_stages=1),
 )
 
-# Copy of x to channels-last: memory-bound, one program per 64 positions of a row.
+# Copy of x to channels-last: memory-bound, one program per BLOCK positions of a row; b32 is
+# the fallback for narrow images.
 TRANSPOSE_CONFIGS = (
-    Config("w64", dict(BLOCK_W=64), num_warps=4, num_stages=1),
+    Config("b64", dict(BLOCK=64), num_warps=4, num_stages=1),
+    Config("b32", dict(BLOCK=32), num_warps=2, num_stages=1),
 )
 
-# Weight packing for the channels-last conv: C_out * C_in / 8 tiny programs.
+# Weight packing for the channels-last conv: C_out * C_in / 8 tiny programs, BLOCK taps a step.
 PACK_CONFIGS = (
-    Config("t16", dict(BLOCK_T=16), num_warps=1, num_stages=1),
+    Config("b16", dict(BLOCK=16), num_warps=1, num_stages=1),
+    Config("b8", dict(BLOCK=8), num_warps=1, num_stages=1),
 )
 
 _CL_ALIGNED = ("xt_ptr", "wk_ptr")
