@@ -81,6 +81,32 @@ def test_every_config(case, dtype):
                 assert_matches(model(x), exp, dt)
 
 
+def _one_element_in(t):
+    """t's values in a view one element into its storage: 4 or 2 bytes off 16-byte alignment."""
+    flat = torch.cat([t.detach().reshape(-1)[:1], t.detach().reshape(-1)])
+    return flat[1:].view_as(t)
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES), ids=list(DTYPES))
+def test_channels_last_unit_flavour_needs_aligned_parameters(dtype):
+    """A shape the channels-last unit flavour takes, whose images assume every pointer 16-byte
+    aligned: parameters one element off alignment must take the general flavour, not fault in
+    a vector load or read shifted values."""
+    dt = DTYPES[dtype]
+    case = Case(n=2, c_in=8, c_out=32, h=40, w=140, groups=8)
+    model, x, exp = prepared(case, "cuda", dt)
+    conv, gn = model.conv, model.group_norm
+    params = [_one_element_in(t) for t in (conv.weight, conv.bias, model.bias, model.scale, gn.weight, gn.bias)]
+    assert all(p.data_ptr() % 16 for p in params)
+    for aligned in (False, True):
+        args = params if not aligned else [p.clone() for p in params]
+        poison_cuda_allocator(exp.numel() * 8)
+        with fusedconv.forced_algorithm("channels_last"), torch.no_grad():
+            out = torch.ops.fusedconv.forward(x, args[0], args[1], args[2], args[3], args[4], args[5], case.groups,
+                                              gn.eps, [1, 1], [0, 0], [1, 1])
+        assert_matches(out, exp, dt)
+
+
 def test_algorithm_override_is_checked():
     with pytest.raises(ValueError, match="algorithm must be"):
         torch.ops.fusedconv._set_algorithm("fastest")

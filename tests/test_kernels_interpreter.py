@@ -65,6 +65,9 @@ CASES = [
     Case(n=2, c_in=9, c_out=20, h=5, w=133, groups=4),
     Case(n=1, c_in=3, c_out=8, h=15, w=17, groups=2, stride=(2, 2), dilation=(2, 1)),
     Case(n=1, c_in=3, c_out=8, h=15, w=17, groups=2, stride=(2, 1), dilation=(1, 2)),
+    # The channels-last unit flavour's facts (one chunk, unit stride and dilation, C_out % 16
+    # == 0, one channel block in every config), with a ragged last column tile.
+    Case(n=2, c_in=7, c_out=16, h=6, w=133, groups=4),
 ]
 
 
@@ -78,6 +81,13 @@ def cl_taps(case):
     """The channels-last conv kernels' flavour: TAPS = 3 needs only an unpadded 3 x 3 kernel
     (the workspace is theirs, so x's own strides do not matter)."""
     return 3 if case.kernel == (3, 3) and case.padding == (0, 0) else 0
+
+
+def cl_unit(case, conv_cfg):
+    """Whether the runtime picks the channels-last unit flavour (csrc/forward_cuda.cpp; the
+    tests' tensors are all 16-byte aligned)."""
+    return (cl_taps(case) == 3 and case.c_in <= 8 and case.stride == (1, 1) and case.dilation == (1, 1)
+            and case.c_out % 16 == 0 and case.c_out <= conv_cfg.meta["BLOCK_C"])
 
 
 def tiling(cfg, h_out, w_out):
@@ -174,7 +184,7 @@ def run_channels_last(case, dtype_name, precision, conv_cfg, stats_cfg,
     y = torch.full((case.n, c_out, h_out, w_out), nan, dtype=dtype)
     geometry = (c_out, case.h, case.w, h_out, w_out, *case.kernel, chunks,
                 *case.stride, *case.padding, *case.dilation, th, tw, cblocks, 1)
-    meta = dict(conv_cfg.meta, PRECISION=precision, TAPS=cl_taps(case))
+    meta = dict(conv_cfg.meta, PRECISION=precision, TAPS=cl_taps(case), UNIT=cl_unit(case, conv_cfg))
     p = lambda t: t.detach().reshape(-1)  # noqa: E731
     K.conv_cl_stats_kernel[(case.n * tiles * cblocks,)](
         xt, wk, p(conv.bias), p(model.bias), p(model.scale), part_mean, part_m2, *geometry, **meta)
@@ -199,7 +209,7 @@ def test_conv_variants(case, variant, algorithm):
 @pytest.mark.parametrize("tcfg,pcfg", list(zip(V.TRANSPOSE_CONFIGS, V.PACK_CONFIGS)), ids=lambda c: c.name)
 def test_channels_last_copy_and_pack_configs(tcfg, pcfg, dtype):
     # Rows longer than one copy block, C_in past one chunk, 25 taps (more than a pack block).
-    case = Case(n=1, c_in=11, c_out=8, h=7, w=70, kernel=(5, 5), groups=2, padding=(2, 1))
+    case = Case(n=1, c_in=11, c_out=8, h=5, w=270, kernel=(5, 5), groups=2, padding=(2, 1))
     run_channels_last(case, dtype, "ieee" if dtype == "fp32" else "tf32", V.CONV_CONFIGS[-1],
                       V.GROUP_STATS_CONFIGS[0], tcfg, pcfg)
 

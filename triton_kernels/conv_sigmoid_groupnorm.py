@@ -594,6 +594,18 @@ def _cl_conv_bias_scale_sigmoid_tile(
 
 
 @triton.jit
+def _unit_geometry(num_chunks, num_c_blocks, stride_h, stride_w, dil_h, dil_w, UNIT: tl.constexpr):
+    """With UNIT the launcher has checked one chunk of input channels, one channel block and
+    unit stride and dilation; as constants they fold the tile's address arithmetic, as
+    Triton's JIT does for arguments equal to 1 (the AOT images ran 17% behind the JIT
+    without them, docs/performance.md, v10)."""
+    if UNIT:
+        return 1, 1, 1, 1, 1, 1
+    else:
+        return num_chunks, num_c_blocks, stride_h, stride_w, dil_h, dil_w
+
+
+@triton.jit
 def conv_cl_stats_kernel(
     xt_ptr,         # [N, H, W, 8 * num_chunks], contiguous, 16-byte aligned (to_channels_last_kernel)
     wk_ptr,         # [C_out, num_chunks, TP, 8], contiguous, 16-byte aligned (pack_weight_kernel)
@@ -606,8 +618,10 @@ def conv_cl_stats_kernel(
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
     num_th, num_tw, num_c_blocks, has_conv_bias,
     BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr,
-    K_STEPS: tl.constexpr, TAPS: tl.constexpr, PRECISION: tl.constexpr,
+    K_STEPS: tl.constexpr, TAPS: tl.constexpr, PRECISION: tl.constexpr, UNIT: tl.constexpr,
 ):
+    num_chunks, num_c_blocks, stride_h, stride_w, dil_h, dil_w = _unit_geometry(
+        num_chunks, num_c_blocks, stride_h, stride_w, dil_h, dil_w, UNIT)
     n, th, tw, c_block = _tile_coords(num_th, num_tw, num_c_blocks)
     oh, ow, p_mask = _tile_positions(th, tw, H_out, W_out, BLOCK_H, BLOCK_W)
     offs_c = c_block * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -636,8 +650,10 @@ def conv_cl_norm_kernel(
     num_th, num_tw, num_c_blocks, has_conv_bias,
     num_groups, channels_per_group, has_gn_weight, has_gn_bias,
     BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr,
-    K_STEPS: tl.constexpr, TAPS: tl.constexpr, PRECISION: tl.constexpr,
+    K_STEPS: tl.constexpr, TAPS: tl.constexpr, PRECISION: tl.constexpr, UNIT: tl.constexpr,
 ):
+    num_chunks, num_c_blocks, stride_h, stride_w, dil_h, dil_w = _unit_geometry(
+        num_chunks, num_c_blocks, stride_h, stride_w, dil_h, dil_w, UNIT)
     n, th, tw, c_block = _tile_coords(num_th, num_tw, num_c_blocks)
     oh, ow, p_mask = _tile_positions(th, tw, H_out, W_out, BLOCK_H, BLOCK_W)
     offs_c = c_block * BLOCK_C + tl.arange(0, BLOCK_C)
