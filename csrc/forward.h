@@ -30,7 +30,7 @@ void set_forced_algorithm(const std::string& algorithm);
 std::string forced_algorithm();
 
 // The conv config the heuristic (or a forced override) picks.
-std::string chosen_config(int64_t c_out, int64_t w_out);
+std::string chosen_config(int64_t c_out, int64_t w_out, bool channels_last);
 
 // Which images a CUDA device runs, e.g. "sm_90 cubin" or "sm_89 PTX"; images_for_arch answers
 // for any compute capability (10 * major + minor), with no GPU.

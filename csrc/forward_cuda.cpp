@@ -45,14 +45,15 @@ const char* precision_mode(at::ScalarType t) {
              ? "accurate" : "tf32";
 }
 
-// Block config heuristic, from the config sweeps on the H200 (docs/performance.md, v4, v5, v7):
-// the channel tile follows C_out, because each channel block redoes the whole x gather; the
-// benchmark's 32 channels on wide images get the 1 x 128 tile whose first 5 K steps (K <= 80
-// in one pass) are unrolled at compile time.
-std::string conv_config_heuristic(int64_t c_out, int64_t w_out) {
+// Block config heuristic, from the config sweeps on the H200 (docs/performance.md, v4, v5, v7,
+// v10): the channel tile follows C_out, because each channel block redoes the whole x gather;
+// the benchmark's 32 channels on wide images get the row tile (1 x 128, 1 x 256 in the
+// channels-last kernels) whose first 5 K steps (K <= 80 in one pass) are unrolled at compile
+// time, on images wide enough to fill 3/4 of it.
+std::string conv_config_heuristic(int64_t c_out, int64_t w_out, bool channels_last) {
   if (c_out <= 16) return "h4w32_c16";
-  if (c_out >= 64 || w_out < 96) return "h2w32_c64";
-  return "h1w128_c32_k5";
+  if (c_out >= 64 || w_out < (channels_last ? 192 : 96)) return "h2w32_c64";
+  return "row_c32_k5";
 }
 
 // The test and tuning overrides, read together under one lock (once per call).
@@ -201,9 +202,9 @@ std::string forced_algorithm() {
   return g_forced_algorithm;
 }
 
-std::string chosen_config(int64_t c_out, int64_t w_out) {
+std::string chosen_config(int64_t c_out, int64_t w_out, bool channels_last) {
   const std::string forced = overrides().config;
-  return forced.empty() ? conv_config_heuristic(c_out, w_out) : forced;
+  return forced.empty() ? conv_config_heuristic(c_out, w_out, channels_last) : forced;
 }
 
 std::string images_for_arch(int64_t arch) {
@@ -403,10 +404,8 @@ at::Tensor forward_cuda(FUSEDCONV_FORWARD_PARAMS) {
   const KernelImage* resident = resident_image(set, dtype, "", channels_per_group, hw_out);
   const Overrides forced_overrides = overrides();
   const std::string& forced = forced_overrides.algorithm;
-  const std::string config = forced_overrides.config.empty() ? conv_config_heuristic(c_out, w_out)
-                                                                : forced_overrides.config;
-  const bool config_is_resident = !forced_overrides.config.empty() &&
-                                  resident_image(set, dtype, config, 0, 0) != nullptr;
+  const std::string& config = forced_overrides.config;
+  const bool config_is_resident = !config.empty() && resident_image(set, dtype, config, 0, 0) != nullptr;
   Choice choice{default_algorithm(mode), config};
   if (forced == "resident" || (forced.empty() && config_is_resident)) {
     TORCH_CHECK_VALUE(config_is_resident || resident, "fusedconv.forward: the resident algorithm needs a group "
@@ -420,6 +419,7 @@ at::Tensor forward_cuda(FUSEDCONV_FORWARD_PARAMS) {
              n * c_out * hw_out * k_total <= kResidentMaxMacs) {
     choice = {"resident", resident->config};
   }
+  if (choice.config.empty()) choice.config = conv_config_heuristic(c_out, w_out, choice.algorithm == "channels_last");
   if (autotune_enabled() && forced_overrides.config.empty() && forced.empty()) {
     std::vector<Choice> candidates;
     for (const std::string& name : config_names(set, "conv_stats", dtype, mode)) {

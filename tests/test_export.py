@@ -4,7 +4,8 @@ Statically, by parsing it (both archs): its imports, its top-level order, no for
 autotune over the build's configs, kernels that are the source's text, ModelNew's constructor.
 Under the Triton interpreter: the file imported from a directory of its own, every config and
 the autotune path itself (with a stand-in benchmarker) against the reference. On CUDA, in
-fresh processes: allclose 1e-4 in fp32 on three shapes, and `bench --peer FILE`.
+fresh processes: allclose against the reference on the benchmark shape (fp32 and fp16) and odd
+shapes in every dtype, and `bench --peer FILE`.
 """
 import ast
 import importlib.util
@@ -31,8 +32,15 @@ ARCHS = [89, 90]
 ALLOWED_IMPORTS = {"import torch", "import torch.nn as nn", "from torch import nn", "import triton",
                    "import triton.language as tl"}
 FORBIDDEN_TL = {"sigmoid", "tanh", "gelu", "silu", "softmax", "mish"}
+# The autotuned kernels, and which of them each launch sequence runs (conv_cl_norm_kernel
+# follows conv_cl_stats_kernel's choice: export.FOLLOWERS).
 TABLES = {"conv_stats_kernel": V.CONV_CONFIGS, "group_stats_kernel": V.GROUP_STATS_CONFIGS,
-          "group_norm_apply_kernel": V.APPLY_CONFIGS}
+          "group_norm_apply_kernel": V.APPLY_CONFIGS, "to_channels_last_kernel": V.TRANSPOSE_CONFIGS,
+          "pack_weight_kernel": V.PACK_CONFIGS, "conv_cl_stats_kernel": V.CL_CONV_CONFIGS}
+SEQUENCES = {torch.float32: ("conv_stats_kernel", "group_stats_kernel", "group_norm_apply_kernel"),
+             torch.float16: ("to_channels_last_kernel", "pack_weight_kernel", "conv_cl_stats_kernel",
+                             "group_stats_kernel")}
+SEQUENCES[torch.bfloat16] = SEQUENCES[torch.float16]
 interpreted = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
                                  reason="TRITON_INTERPRET=1 must be set before Triton is imported")
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -116,11 +124,11 @@ def test_no_forbidden_functions_and_no_fusedconv(files, arch):
 def test_autotune_over_the_builds_configs_on_each_launched_kernel(files, arch):
     tree = tree_of(files, arch)
     kernels = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef) and "triton.jit" in decorators(n)}
-    assert launched(tree) == set(TABLES)
+    assert launched(tree) == set(TABLES) | set(export.FOLLOWERS)
     for name, node in kernels.items():
         autotune = [d for d in node.decorator_list if isinstance(d, ast.Call) and ast.unparse(d.func) == "triton.autotune"]
         if name not in TABLES:
-            assert decorators(node) == ["triton.jit"], f"{name} is a helper: jit only"
+            assert decorators(node) == ["triton.jit"], f"{name} is a helper or a follower: jit only"
             continue
         assert len(autotune) == 1 and decorators(node)[0] == "triton.autotune" and decorators(node)[-1] == "triton.jit"
         kw = {k.arg: k.value for k in autotune[0].keywords}
@@ -132,7 +140,9 @@ def test_autotune_over_the_builds_configs_on_each_launched_kernel(files, arch):
         assert 2 <= len(got) <= 3
         # The key holds every shape argument the kernel gets, so a new shape is tuned again.
         key = ast.literal_eval(kw["key"])
-        assert ("HW_out" in key or {"H_out", "W_out"} <= set(key)) and set(key) <= set(getattr(K, name).arg_names)
+        arg_names = set(getattr(K, name).arg_names)
+        shapes = arg_names & {"C_in", "C_out", "H", "W", "H_out", "W_out", "HW_out", "KH", "KW", "KT", "TP"}
+        assert shapes and shapes - set(export.DERIVED.get(name, ())) <= set(key) <= arg_names
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -263,6 +273,7 @@ def test_every_config_under_the_interpreter(files, arch, pick):
         tuner.configs = [tuner.configs[pick % len(tuner.configs)]]
     for case in CASES:
         run_model(module, case)
+        run_model(module, case, torch.float16)  # the channels-last sequence
 
 
 @interpreted
@@ -271,13 +282,14 @@ def test_every_config_under_the_interpreter(files, arch, pick):
 def test_autotune_path_under_the_interpreter(files, dtype, winner):
     """The real autotune path with a stand-in benchmarker that runs each candidate twice and
     declares `winner` fastest: timing runs must leave no trace (the fp32 normalization runs in
-    place), and the statistics must follow the tile of the config that won. The conv's
-    candidates get tiles of 2 x 16, 4 x 16 and 1 x 64 so the tile count depends on the choice."""
+    place), and the statistics (and, in the channels-last sequence, the normalize pass) must
+    follow the tile of the config that won. The conv kernels' candidates get tiles of 2 x 16,
+    4 x 16 and 1 x 64 so the tile count depends on the choice."""
     module = import_file(files[90], f"exported_tuned_{winner}_{str(dtype)[6:]}")
-    conv = module.conv_stats_kernel
-    conv.configs = [triton.Config(dict(BLOCK_H=h, BLOCK_W=w, BLOCK_C=c, BLOCK_K=16, K_STEPS=k),
-                                  num_warps=4, num_stages=1)
-                    for h, w, c, k in ((2, 16, 16, 0), (4, 16, 32, 1), (1, 64, 64, 2))]
+    for conv in (module.conv_stats_kernel, module.conv_cl_stats_kernel):
+        conv.configs = [triton.Config(dict(BLOCK_H=h, BLOCK_W=w, BLOCK_C=c, BLOCK_K=16, K_STEPS=k),
+                                      num_warps=4, num_stages=1)
+                        for h, w, c, k in ((2, 16, 16, 0), (4, 16, 32, 1), (1, 64, 64, 2))]
     for name in TABLES:
         tuner = getattr(module, name)
         order = iter(range(len(tuner.configs)))
@@ -289,25 +301,29 @@ def test_autotune_path_under_the_interpreter(files, dtype, winner):
             return [0.0 if i == winner % n else 1.0] * len(quantiles)
         tuner.do_bench = bench
     run_model(module, CASES[1], dtype)
-    for name in TABLES:
+    for name in SEQUENCES[dtype]:
         tuner = getattr(module, name)
         assert tuner.best_config == tuner.configs[winner % len(tuner.configs)]
 
 
 @interpreted
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
 @pytest.mark.parametrize("case", CASES, ids=str)
-def test_triton_jit_runs_the_exported_wrapper_under_the_interpreter(monkeypatch, case):
+def test_triton_jit_runs_the_exported_wrapper_under_the_interpreter(monkeypatch, case, dtype):
     """fusedconv.triton_jit (the benchmark's fusedconv-jit peer) runs the exported file with
-    the C++ runtime's configs pinned; the interpreter stands in for an sm_90 GPU."""
+    the C++ runtime's configs pinned, in both launch sequences; the interpreter stands in for
+    an sm_90 GPU."""
     from fusedconv import triton_jit
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
     ref = reference_model(case)
-    x = random_input(case)
+    x = random_input(case).to(dtype)
     c, gn = ref.conv, ref.group_norm
+    params = [t.detach().to(dtype) for t in (c.weight, c.bias, ref.bias, ref.scale, gn.weight, gn.bias)]
     with torch.no_grad():
-        out = triton_jit.forward(x, c.weight, c.bias, ref.bias, ref.scale, gn.weight, gn.bias, case.groups,
-                                 gn.eps, case.stride, case.padding, case.dilation)
-    torch.testing.assert_close(out.double(), expected(case, x, ref, torch.float32), atol=1e-4, rtol=1e-4)
+        out = triton_jit.forward(x, *params, case.groups, gn.eps, case.stride, case.padding, case.dilation)
+    tol = 1e-4 if dtype == torch.float32 else 1e-2
+    assert out.dtype == dtype
+    torch.testing.assert_close(out.double(), expected(case, x, ref, dtype), atol=tol, rtol=tol)
 
 
 # --- CUDA, in fresh processes (conftest's TRITON_INTERPRET stays out of them) -----------------
@@ -348,13 +364,16 @@ CHECK = textwrap.dedent('''
                             err=(out - expect).abs().max().item(),
                             ok=all(torch.allclose(o, expect, atol=tol, rtol=tol) for o in (out, again, jit_out)),
                             configs={k: str(getattr(mod, k).best_config) for k in
-                                     ("conv_stats_kernel", "group_stats_kernel", "group_norm_apply_kernel")}))
+                                     ("conv_stats_kernel", "group_stats_kernel", "group_norm_apply_kernel",
+                                      "to_channels_last_kernel", "pack_weight_kernel", "conv_cl_stats_kernel")
+                                     if hasattr(getattr(mod, k), "best_config")}))
         print(results[-1], flush=True)
     print("RESULTS " + json.dumps(results))
 ''')
 
 CUDA_SHAPES = [
     (128, 8, 32, 256, 256, 3, 8, "float32"),  # the benchmark
+    (128, 8, 32, 256, 256, 3, 8, "float16"),  # the benchmark on the channels-last sequence
     (4, 8, 32, 64, 64, 3, 8, "float32"),
     (3, 8, 32, 37, 53, 3, 8, "float32"),      # odd sizes: ragged tiles
     (3, 8, 32, 37, 53, 3, 8, "float16"),

@@ -161,7 +161,9 @@ def run_pipeline(case, dtype_name, precision, conv_cfg, stats_cfg, algorithm, ap
 def run_channels_last(case, dtype_name, precision, conv_cfg, stats_cfg,
                       tcfg=V.TRANSPOSE_CONFIGS[0], pcfg=V.PACK_CONFIGS[0]):
     """The channels-last sequence: copy x and pack the weight (into NaN-poisoned workspaces, so
-    an unwritten padding channel or tap shows), conv + statistics, merge, conv + normalize."""
+    an unwritten padding channel or tap shows), conv + statistics, merge, conv + normalize.
+    `conv_cfg` names the config; the channels-last kernels' sizes of that name run."""
+    conv_cfg = next(c for c in V.KERNELS["conv_cl_stats"].configs_for(dtype_name) if c.name == conv_cfg.name)
     dtype, ref, model, x, w, h_out, w_out = setup(case, dtype_name)
     conv, gn = model.conv, model.group_norm
     c_out, g = case.c_out, case.groups

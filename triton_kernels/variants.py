@@ -24,14 +24,25 @@ class Config:
 # K_STEPS > 0 unrolls that many K steps at compile time (any K beyond them runs in a runtime
 # loop, so every config is correct for every shape): 5 steps of 16 cover the benchmark's
 # K = 72, and unrolled they ran 1.5-2x faster than the same steps in a runtime loop.
-#   h1w128_c32_k5  16 < C_out < 64 on images at least 96 wide: the benchmark's config
+#   row_c32_k5     16 < C_out < 64 on wide images: the benchmark's config (a 1 x 128 row tile)
 #   h2w32_c64      C_out >= 64 (UNet shapes: half the gathers of two 32-channel blocks), and
 #                  16 < C_out < 64 on narrower images
 #   h4w32_c16      C_out <= 16, and the small fallback
 CONV_CONFIGS = (
-    Config("h1w128_c32_k5", dict(BLOCK_H=1, BLOCK_W=128, BLOCK_C=32, BLOCK_K=16, K_STEPS=5), num_warps=4, num_stages=1),
+    Config("row_c32_k5", dict(BLOCK_H=1, BLOCK_W=128, BLOCK_C=32, BLOCK_K=16, K_STEPS=5), num_warps=4, num_stages=1),
     Config("h2w32_c64", dict(BLOCK_H=2, BLOCK_W=32, BLOCK_C=64, BLOCK_K=16, K_STEPS=0), num_warps=4, num_stages=1),
     Config("h4w32_c16", dict(BLOCK_H=4, BLOCK_W=32, BLOCK_C=16, BLOCK_K=16, K_STEPS=0), num_warps=4, num_stages=1),
+)
+
+# The channels-last conv kernels in fp16/bf16: the same roles and names, with a row tile twice
+# as wide. 1 x 256 at 4 warps ran their two passes 13% faster than 1 x 128 (0.81 against 0.93
+# ms, fp16, H200; 2 x 128 0.82, 1 x 256 at 8 warps 1.09; docs/performance.md, v10) at 119-124
+# registers; the runtime gives it images at least 192 wide (so a tile is at least 3/4 used).
+# Their fp32 images keep CONV_CONFIGS: at 1 x 256 the sm_89 ones needed 255 registers and a
+# 88-280 byte stack (arrays in local memory), and TF32 on sm_90 gained 1%.
+CL_CONV_CONFIGS = (
+    Config("row_c32_k5", dict(BLOCK_H=1, BLOCK_W=256, BLOCK_C=32, BLOCK_K=16, K_STEPS=5), num_warps=4, num_stages=1),
+    *CONV_CONFIGS[1:],
 )
 
 # Statistics merge: one program per (sample, group) streams that group's partials.
@@ -58,12 +69,12 @@ RESIDENT_CONFIGS = (
 )
 
 # Copy of x to channels-last: memory-bound, one program per BLOCK positions of a row, 8
-# channels per position in each thread's 16-byte store. 4 positions a thread amortize the
-# program's index arithmetic (21 SASS instructions per element against 52 with 1; the
-# 64-position version ran at half the copy bandwidth, docs/performance.md v10); b64 is the
-# fallback for narrow images.
+# channels per position in each thread's 16-byte store. 2 positions a thread amortize the
+# program's index arithmetic (30 SASS instructions per element against 52 with 1, which ran
+# issue-bound) at 48 registers (4 positions a thread took 78 and ran latency-bound at 25%
+# occupancy; docs/performance.md, v10); b64 is the fallback for narrow images.
 TRANSPOSE_CONFIGS = (
-    Config("b256", dict(BLOCK=256), num_warps=4, num_stages=1),
+    Config("b256", dict(BLOCK=256), num_warps=8, num_stages=1),
     Config("b64", dict(BLOCK=64), num_warps=2, num_stages=1),
 )
 
@@ -108,6 +119,10 @@ class KernelSpec:
     per_dtype: bool    # compiled once per input dtype
     per_mode: bool     # compiled once per precision mode (the conv kernels)
     divisible: tuple = ()  # arguments the launcher guarantees to be multiples of 16 (pointers: bytes)
+    fp32_configs: tuple = ()  # the fp32 images' configs where they differ (same names, smaller tiles)
+
+    def configs_for(self, dtype: str) -> tuple:
+        return self.fp32_configs if dtype == "fp32" and self.fp32_configs else self.configs
 
 
 # The image names the C++ runtime asks for.
@@ -125,7 +140,8 @@ KERNELS = {
     # (so 16-byte aligned, which their vector loads need the compiler to know).
     "to_channels_last": KernelSpec(k.to_channels_last_kernel, TRANSPOSE_CONFIGS, {}, True, False),
     "pack_weight": KernelSpec(k.pack_weight_kernel, PACK_CONFIGS, {}, True, False),
-    **{f"{flavour}_{part}": KernelSpec(fn, CONV_CONFIGS, {"TAPS": taps, "UNIT": unit}, True, True, divisible)
+    **{f"{flavour}_{part}": KernelSpec(fn, CL_CONV_CONFIGS, {"TAPS": taps, "UNIT": unit}, True, True, divisible,
+                                       CONV_CONFIGS)
        for flavour, taps, unit, divisible in _CL_FLAVOURS
        for part, fn in (("stats", k.conv_cl_stats_kernel), ("norm", k.conv_cl_norm_kernel))},
     "group_stats": KernelSpec(k.group_stats_kernel, GROUP_STATS_CONFIGS, {}, False, False),
@@ -194,8 +210,8 @@ def variants(arch: int):
     """Every kernel variant the build ships for one arch."""
     out = []
     for kernel, spec in KERNELS.items():
-        for cfg in spec.configs:
-            for dtype in DTYPES if spec.per_dtype else ("fp32",):
+        for dtype in DTYPES if spec.per_dtype else ("fp32",):
+            for cfg in spec.configs_for(dtype):
                 modes = precisions(arch, dtype).items() if spec.per_mode else [("any", "")]
                 for mode, precision in modes:
                     out.append(Variant(kernel, dtype, mode, precision, cfg))

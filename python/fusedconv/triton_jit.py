@@ -22,10 +22,14 @@ def _config(name, configs):
 
 
 @functools.lru_cache(maxsize=None)
-def _module(arch, conv, stats, apply):
+def _module(arch, dtype, conv, stats, apply, copy, pack):
+    cl_configs = V.KERNELS["conv_cl_stats"].configs_for(dtype)
     return export.load(arch, {"conv_stats_kernel": [_config(conv, V.CONV_CONFIGS)],
+                              "conv_cl_stats_kernel": [_config(conv, cl_configs)],
                               "group_stats_kernel": [_config(stats, V.GROUP_STATS_CONFIGS)],
-                              "group_norm_apply_kernel": [_config(apply, V.APPLY_CONFIGS)]})
+                              "group_norm_apply_kernel": [_config(apply, V.APPLY_CONFIGS)],
+                              "to_channels_last_kernel": [_config(copy, V.TRANSPOSE_CONFIGS)],
+                              "pack_weight_kernel": [_config(pack, V.PACK_CONFIGS)]})
 
 
 def forward(x, weight, conv_bias, bias, scale, gn_weight, gn_bias, num_groups, eps=1e-5,
@@ -36,14 +40,20 @@ def forward(x, weight, conv_bias, bias, scale, gn_weight, gn_bias, num_groups, e
     h_out = (x.shape[2] + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
     w_out = (x.shape[3] + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
     hw = h_out * w_out
-    # The C++ runtime's choices (csrc/forward_cuda.cpp): conv by shape, the others by size.
-    conv = torch.ops.fusedconv._conv_config(c_out, w_out)
-    meta = _config(conv, V.CONV_CONFIGS).meta
+    # The C++ runtime's choices (csrc/forward_cuda.cpp): conv by shape and launch sequence (the
+    # exported wrapper's rule: channels-last unless fp32 is accurate), the others by size.
+    dtype = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[x.dtype]
+    channels_last = dtype != "fp32" or torch.get_float32_matmul_precision() != "highest"
+    conv = torch.ops.fusedconv._conv_config(c_out, w_out, channels_last)
+    table = V.KERNELS["conv_cl_stats" if channels_last else "conv_stats"].configs_for(dtype)
+    meta = _config(conv, table).meta
     tiles = triton.cdiv(h_out, meta["BLOCK_H"]) * triton.cdiv(w_out, meta["BLOCK_W"])
     stats = "b256" if c_out // num_groups * tiles >= 512 else "b64"
     apply = "b512" if hw >= 512 else "b256"
+    copy = "b256" if x.shape[3] >= 128 else "b64"
+    pack = "b16" if kh * kw + kh * kw % 2 > 8 else "b8"
     major, minor = torch.cuda.get_device_capability(x.device)
-    module = _module(10 * major + minor, conv, stats, apply)
+    module = _module(10 * major + minor, dtype, conv, stats, apply, copy, pack)
     return module.conv_sigmoid_group_norm(x, weight, conv_bias, bias, scale, gn_weight, gn_bias,
                                           num_groups, eps, stride, padding, dilation)
 
