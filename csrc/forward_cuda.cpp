@@ -47,9 +47,9 @@ const char* precision_mode(at::ScalarType t) {
 
 // Block config heuristic, from the config sweeps on the H200 (docs/performance.md, v4, v5, v7,
 // v10): the channel tile follows C_out, because each channel block redoes the whole x gather;
-// the benchmark's 32 channels on wide images get the row tile (1 x 128, 1 x 256 in the
-// channels-last kernels) whose first 5 K steps (K <= 80 in one pass) are unrolled at compile
-// time, on images wide enough to fill 3/4 of it.
+// the benchmark's 32 channels on wide images get the row tile (1 x 128; 1 x 256 in the fp16
+// and bf16 channels-last kernels) whose first 5 K steps (K <= 80 in one pass) are unrolled at
+// compile time, on images wide enough to fill 3/4 of the wider tile.
 std::string conv_config_heuristic(int64_t c_out, int64_t w_out, bool channels_last) {
   if (c_out <= 16) return "h4w32_c16";
   if (c_out >= 64 || w_out < (channels_last ? 192 : 96)) return "h2w32_c64";
