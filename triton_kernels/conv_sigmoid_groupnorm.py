@@ -594,15 +594,29 @@ def _cl_conv_bias_scale_sigmoid_tile(
 
 
 @triton.jit
-def _unit_geometry(num_chunks, num_c_blocks, stride_h, stride_w, dil_h, dil_w, UNIT: tl.constexpr):
-    """With UNIT the launcher has checked one chunk of input channels, one channel block and
-    unit stride and dilation; as constants they fold the tile's address arithmetic, as
-    Triton's JIT does for arguments equal to 1 (the AOT images ran 17% behind the JIT
-    without them, docs/performance.md, v10)."""
+def _cl_program_tile(
+    xt_ptr, wk_ptr, conv_bias_ptr, bias_ptr, scale_ptr,
+    C_out, H, W, H_out, W_out, KH, KW, num_chunks, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+    num_th, num_tw, num_c_blocks, has_conv_bias,
+    BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr,
+    K_STEPS: tl.constexpr, TAPS: tl.constexpr, PRECISION: tl.constexpr, UNIT: tl.constexpr,
+):
+    """This program's tile of sigmoid values and where it lies, for both channels-last passes.
+    With UNIT the launcher has checked one chunk of input channels, one channel block and unit
+    stride and dilation; as constants they fold the tile's address arithmetic, as Triton's JIT
+    does for arguments equal to 1 (the AOT images ran 17% behind the JIT without them,
+    docs/performance.md, v10)."""
     if UNIT:
-        return 1, 1, 1, 1, 1, 1
-    else:
-        return num_chunks, num_c_blocks, stride_h, stride_w, dil_h, dil_w
+        num_chunks, num_c_blocks, stride_h, stride_w, dil_h, dil_w = 1, 1, 1, 1, 1, 1
+    n, th, tw, c_block = _tile_coords(num_th, num_tw, num_c_blocks)
+    oh, ow, p_mask = _tile_positions(th, tw, H_out, W_out, BLOCK_H, BLOCK_W)
+    offs_c = c_block * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_mask = offs_c < C_out
+    v = _cl_conv_bias_scale_sigmoid_tile(
+        xt_ptr, wk_ptr, conv_bias_ptr, bias_ptr, scale_ptr, n, oh, ow, p_mask, offs_c, c_mask,
+        H, W, KH, KW, num_chunks, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, has_conv_bias,
+        BLOCK_H * BLOCK_W, BLOCK_C, BLOCK_K, K_STEPS, TAPS, PRECISION)
+    return v, n, th, tw, c_block, oh, ow, p_mask, offs_c, c_mask
 
 
 @triton.jit
@@ -620,16 +634,11 @@ def conv_cl_stats_kernel(
     BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr,
     K_STEPS: tl.constexpr, TAPS: tl.constexpr, PRECISION: tl.constexpr, UNIT: tl.constexpr,
 ):
-    num_chunks, num_c_blocks, stride_h, stride_w, dil_h, dil_w = _unit_geometry(
-        num_chunks, num_c_blocks, stride_h, stride_w, dil_h, dil_w, UNIT)
-    n, th, tw, c_block = _tile_coords(num_th, num_tw, num_c_blocks)
-    oh, ow, p_mask = _tile_positions(th, tw, H_out, W_out, BLOCK_H, BLOCK_W)
-    offs_c = c_block * BLOCK_C + tl.arange(0, BLOCK_C)
-    c_mask = offs_c < C_out
-    v = _cl_conv_bias_scale_sigmoid_tile(
-        xt_ptr, wk_ptr, conv_bias_ptr, bias_ptr, scale_ptr, n, oh, ow, p_mask, offs_c, c_mask,
-        H, W, KH, KW, num_chunks, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, has_conv_bias,
-        BLOCK_H * BLOCK_W, BLOCK_C, BLOCK_K, K_STEPS, TAPS, PRECISION)
+    v, n, th, tw, c_block, oh, ow, p_mask, offs_c, c_mask = _cl_program_tile(
+        xt_ptr, wk_ptr, conv_bias_ptr, bias_ptr, scale_ptr,
+        C_out, H, W, H_out, W_out, KH, KW, num_chunks, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+        num_th, num_tw, num_c_blocks, has_conv_bias,
+        BLOCK_H, BLOCK_W, BLOCK_C, BLOCK_K, K_STEPS, TAPS, PRECISION, UNIT)
     _store_tile_stats(v, n, th, tw, p_mask, offs_c, c_mask, part_mean_ptr, part_m2_ptr,
                       C_out, H_out, W_out, num_th, num_tw, BLOCK_H, BLOCK_W)
 
@@ -652,16 +661,11 @@ def conv_cl_norm_kernel(
     BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr,
     K_STEPS: tl.constexpr, TAPS: tl.constexpr, PRECISION: tl.constexpr, UNIT: tl.constexpr,
 ):
-    num_chunks, num_c_blocks, stride_h, stride_w, dil_h, dil_w = _unit_geometry(
-        num_chunks, num_c_blocks, stride_h, stride_w, dil_h, dil_w, UNIT)
-    n, th, tw, c_block = _tile_coords(num_th, num_tw, num_c_blocks)
-    oh, ow, p_mask = _tile_positions(th, tw, H_out, W_out, BLOCK_H, BLOCK_W)
-    offs_c = c_block * BLOCK_C + tl.arange(0, BLOCK_C)
-    c_mask = offs_c < C_out
-    v = _cl_conv_bias_scale_sigmoid_tile(
-        xt_ptr, wk_ptr, conv_bias_ptr, bias_ptr, scale_ptr, n, oh, ow, p_mask, offs_c, c_mask,
-        H, W, KH, KW, num_chunks, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, has_conv_bias,
-        BLOCK_H * BLOCK_W, BLOCK_C, BLOCK_K, K_STEPS, TAPS, PRECISION)
+    v, n, th, tw, c_block, oh, ow, p_mask, offs_c, c_mask = _cl_program_tile(
+        xt_ptr, wk_ptr, conv_bias_ptr, bias_ptr, scale_ptr,
+        C_out, H, W, H_out, W_out, KH, KW, num_chunks, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+        num_th, num_tw, num_c_blocks, has_conv_bias,
+        BLOCK_H, BLOCK_W, BLOCK_C, BLOCK_K, K_STEPS, TAPS, PRECISION, UNIT)
     _store_normalized(v, n, c_block, oh, ow, p_mask, offs_c, c_mask, stats_ptr, gn_weight_ptr, gn_bias_ptr,
                       y_ptr, C_out, H_out, W_out, num_groups, channels_per_group, has_gn_weight, has_gn_bias,
                       BLOCK_C)
