@@ -13,7 +13,11 @@ import torch
 import fusedconv
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-PEERS = ("fusedconv", "fusedconv-jit", "eager", "compile", "compile-max")
+PEERS = ("fusedconv", "fusedconv-jit", "eager", "eager-no-tf32", "compile", "compile-max")
+# cuDNN runs some fp32 convs in TF32 by default (allow_tf32=True): eager is then fast and
+# ~3e-3 off float64 (the UNet shapes), outside the 1e-4 that fusedconv's accurate mode keeps.
+# "eager-no-tf32" is eager at that accuracy, so each fp32 ratio has a like-for-like peer; it is
+# timed in fp32 only (TF32 does not touch fp16/bf16).
 
 
 @dataclass(frozen=True)
@@ -140,6 +144,10 @@ def build_peers(names, ref_mod, shape, dtype, device, peer_files):
             peers[name] = (triton_jit.JitModel(ours.to(device, dtype)), "same kernels, Triton JIT launch")
         elif name == "eager":
             peers[name] = (_copy_of(ref, ref_mod, init, shape).to(device, dtype), "PyTorch eager")
+        elif name == "eager-no-tf32":
+            if dtype == torch.float32:
+                peers[name] = (_NoCudnnTF32(_copy_of(ref, ref_mod, init, shape).to(device, dtype)),
+                               "PyTorch eager, cuDNN TF32 off")
         elif name in ("compile", "compile-max"):
             mode = None if name == "compile" else "max-autotune-no-cudagraphs"
             model = _copy_of(ref, ref_mod, init, shape).to(device, dtype)
@@ -152,6 +160,20 @@ def build_peers(names, ref_mod, shape, dtype, device, peer_files):
             model.conv.padding = (shape.padding, shape.padding)
         peers[f"peer:{Path(path).stem}"] = (model.to(device, dtype), str(path))
     return peers
+
+
+class _NoCudnnTF32(torch.nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        before = torch.backends.cudnn.allow_tf32
+        torch.backends.cudnn.allow_tf32 = False
+        try:
+            return self.model(x)
+        finally:
+            torch.backends.cudnn.allow_tf32 = before
 
 
 def _copy_of(ref, ref_mod, init, shape):
@@ -275,8 +297,12 @@ def main(args):
         shapes = [Shape(s.name + "-reduced", min(s.batch, 2), s.c_in, s.c_out, min(s.size, 48), s.kernel,
                         s.groups, s.padding) for s in shapes[:1]]
     peer_names = [p for p in (args.peers.split(",") if args.peers else PEERS) if p]
+    unknown = [p for p in peer_names if p not in PEERS]
+    if unknown:
+        raise SystemExit(f"fusedconv bench: --peers {','.join(unknown)}: not one of {','.join(PEERS)} "
+                         "(a file of your own goes in --peer FILE)")
     if args.suite and not args.peers:
-        peer_names = ["fusedconv", "eager"]  # torch.compile per shape would take minutes
+        peer_names = ["fusedconv", "eager", "eager-no-tf32"]  # torch.compile per shape would take minutes
     if not cuda:
         peer_names = ["fusedconv", "eager"]
     bw = copy_bandwidth_tbps() if cuda else None
