@@ -296,10 +296,12 @@ at::Tensor forward_cuda(FUSEDCONV_FORWARD_PARAMS) {
     const char* stats_name = cl ? (cl_3x3 ? "conv3x3_cl_stats" : "conv_cl_stats")
                              : unpadded_3x3 ? (store_v ? "conv3x3_stats_store" : "conv3x3_stats")
                                             : (store_v ? "conv_stats_store" : "conv_stats");
-    Kernel stats_k = load(device, find_image(set, stats_name, dtype, mode, config.c_str()));
+    // The tiling comes from the image; the module is loaded only for the image that runs (the
+    // channels-last path may swap in its unit flavour, same config and tiles, below).
+    const KernelImage& stats_image = find_image(set, stats_name, dtype, mode, config.c_str());
 
-    const int64_t block_w = stats_k.image->block_w, block_h = stats_k.image->block_m / block_w;
-    const int64_t block_c = stats_k.image->block_c;
+    const int64_t block_w = stats_image.block_w, block_h = stats_image.block_m / block_w;
+    const int64_t block_c = stats_image.block_c;
     const int64_t num_th = (h_out + block_h - 1) / block_h, num_tw = (w_out + block_w - 1) / block_w;
     const int64_t num_p_tiles = num_th * num_tw;
     const int64_t num_c_blocks = (c_out + block_c - 1) / block_c;
@@ -351,7 +353,8 @@ at::Tensor forward_cuda(FUSEDCONV_FORWARD_PARAMS) {
       const bool aligned = ((cb_p | b_p | s_p | gw_p | gb_p | y_p | xt | wk | part_mean | part_m2 | stats) % 16) == 0;
       const bool unit = cl_3x3 && chunks == 1 && num_c_blocks == 1 && c_out % 16 == 0 && aligned &&
                         g.stride[0] == 1 && g.stride[1] == 1 && g.dilation[0] == 1 && g.dilation[1] == 1;
-      if (unit) stats_k = load(device, find_image(set, "conv3x3_cl_unit_stats", dtype, mode, config.c_str()));
+      const Kernel stats_k = load(device, unit ? find_image(set, "conv3x3_cl_unit_stats", dtype, mode, config.c_str())
+                                               : stats_image);
       // Argument order is the kernels' parameter order in triton_kernels/conv_sigmoid_groupnorm.py.
       void* stats_args[] = {&xt, &wk, &cb_p, &b_p, &s_p, &part_mean, &part_m2,
                             &a_c_out, &a_h, &a_w, &a_h_out, &a_w_out, &a_kh, &a_kw, &a_chunks,
@@ -375,7 +378,7 @@ at::Tensor forward_cuda(FUSEDCONV_FORWARD_PARAMS) {
                           &a_c_out, &a_h, &a_w, &a_h_out, &a_w_out, &a_kh, &a_kw, &a_k_total,
                           &a_sxn, &a_sxc, &a_sxh, &a_sxw, &a_sh, &a_sw, &a_ph, &a_pw, &a_dh, &a_dw,
                           &a_th, &a_tw, &a_cblocks, &a_has_cb, &no_scratch, &no_scratch};
-    launch(stats_k, grid, stats_args, s);
+    launch(load(device, stats_image), grid, stats_args, s);
     launch(group_k, n * num_groups, group_args, s);
     if (store_v) {
       const Kernel apply_k = load(device, find_image(set, "group_norm_apply", dtype, "any",
