@@ -29,6 +29,10 @@ std::string forced_config();
 void set_forced_algorithm(const std::string& algorithm);
 std::string forced_algorithm();
 
+// The algorithm a call takes by default when the resident kernel does not: mode is "accurate",
+// "tf32" or "native" (16-bit inputs).
+std::string default_algorithm(const std::string& mode, int64_t c_in);
+
 // The conv config the heuristic (or a forced override) picks.
 std::string chosen_config(int64_t c_out, int64_t w_out, bool channels_last);
 

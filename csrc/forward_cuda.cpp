@@ -65,19 +65,6 @@ Overrides overrides() {
   return {g_forced_config, g_forced_algorithm};
 }
 
-// Four algorithms. "resident" (one launch, one program per (sample, group) holding the whole
-// group in registers) when the group fits a resident config and the problem is small enough
-// that launches and latency, not arithmetic, set its time. Otherwise "materialize" (conv once,
-// stores fp32 values, normalizes them in a memory-bound pass), "recompute" (conv twice, y
-// written once) or "channels_last" (recompute over a channels-last copy of x, whose conv tile
-// gathers with 16-byte vector loads). On the H200 at the benchmark shape channels_last wins
-// for 16-bit inputs (1.06 ms against materialize's 1.37) and for fp32 in TF32 (1.52 against
-// 1.58); accurate fp32, three TF32 products per MMA over 32-bit operands in shared memory,
-// stays on materialize (1.76 against 2.12 ms; docs/performance.md, v10).
-const char* default_algorithm(const char* mode) {
-  return std::strcmp(mode, "accurate") == 0 ? "materialize" : "channels_last";
-}
-
 // The resident kernel runs one program per (sample, group) at FP32-unit speed: it beats the
 // tiled algorithms' three launches while its programs fit about one wave and its arithmetic is
 // small (H200: 1x8x32x32 -> 32 takes 1 launch instead of 3; at batch 128 the tiled
@@ -169,6 +156,22 @@ CUdeviceptr ptr(const at::Tensor& t) { return reinterpret_cast<CUdeviceptr>(t.da
 at::Tensor flat_contiguous(const at::Tensor& t) { return t.is_contiguous() ? t : t.contiguous(); }
 
 }  // namespace
+
+// Four algorithms. "resident" (one launch, one program per (sample, group) holding the whole
+// group in registers) when the group fits a resident config and the problem is small enough
+// that launches and latency, not arithmetic, set its time. Otherwise "materialize" (conv once,
+// stores fp32 values, normalizes them in a memory-bound pass), "recompute" (conv twice, y
+// written once) or "channels_last" (recompute over a channels-last copy of x, whose conv tile
+// gathers with 16-byte vector loads). channels_last wins for 16-bit inputs and TF32 when the
+// input has at most 8 channels, one chunk of its copy (H200, benchmark shape: fp16 1.06 ms
+// against materialize's 1.37; TF32 1.52 against 1.58). With more input channels the second
+// conv costs more than materialize's extra bytes: on H100 materialize ran the UNet shapes
+// (C_in 64-128) 1.2-1.9x faster in fp16 and TF32, and 14 of 16 shapes with C_in 16-64 too
+// (docs/performance.md, v12). Accurate fp32, three TF32 products per MMA over 32-bit operands in
+// shared memory, stays on materialize everywhere (1.76 against 2.12 ms; v10).
+std::string default_algorithm(const std::string& mode, int64_t c_in) {
+  return mode == "accurate" || c_in > 8 ? "materialize" : "channels_last";
+}
 
 void set_forced_config(const std::string& config) {
   if (!config.empty()) {
@@ -409,7 +412,7 @@ at::Tensor forward_cuda(FUSEDCONV_FORWARD_PARAMS) {
   const std::string& forced = forced_overrides.algorithm;
   const std::string& config = forced_overrides.config;
   const bool config_is_resident = !config.empty() && resident_image(set, dtype, config, 0, 0) != nullptr;
-  Choice choice{default_algorithm(mode), config};
+  Choice choice{default_algorithm(mode, c_in), config};
   if (forced == "resident" || (forced.empty() && config_is_resident)) {
     TORCH_CHECK_VALUE(config_is_resident || resident, "fusedconv.forward: the resident algorithm needs a group "
                       "that fits one of this build's resident configs (BLOCK_C channels x BLOCK_M positions, "

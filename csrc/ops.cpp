@@ -33,6 +33,7 @@ TORCH_LIBRARY(fusedconv, m) {
   m.def("_get_algorithm() -> str", &forced_algorithm);
   m.def("_device_images(int device) -> str", &device_images);
   m.def("_images_for_arch(int arch) -> str", &images_for_arch);
+  m.def("_default_algorithm(str mode, int c_in) -> str", &default_algorithm);
   m.def("_conv_config(int c_out, int w_out, bool channels_last=False) -> str", &chosen_config);
   m.def("_set_autotune(bool enabled, str cache_file=\"\") -> ()", &set_autotune);
   m.def("_autotune_entries() -> str", &autotune_entries);

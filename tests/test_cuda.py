@@ -107,6 +107,26 @@ def test_channels_last_unit_flavour_needs_aligned_parameters(dtype):
         assert_matches(out, exp, dt)
 
 
+
+@pytest.mark.parametrize("c_in, algorithm", [(8, "channels_last"), (9, "materialize"), (64, "materialize")])
+@pytest.mark.parametrize("dtype", ["fp16", "bf16", "tf32"])
+def test_default_algorithm_follows_input_channels(fp32_matmul_precision, dtype, c_in, algorithm):
+    """Past the resident kernel, 16-bit and TF32 calls run channels_last over one chunk of 8
+    input channels and materialize beyond (where channels_last's second conv costs more than
+    materialize's extra bytes): the default's output is bit-identical to the forced one's."""
+    fp32_matmul_precision("high" if dtype == "tf32" else "highest")
+    dt = DTYPES["fp32" if dtype == "tf32" else dtype]
+    case = Case(n=2, c_in=c_in, c_out=32, h=40, w=70, groups=8, padding=(1, 1))
+    model, x, exp = prepared(case, "cuda", dt)
+    with torch.no_grad():
+        poison_cuda_allocator(exp.numel() * 8)
+        default = model(x)
+        with fusedconv.forced_algorithm(algorithm):
+            forced = model(x)
+    assert torch.equal(default, forced)
+    if dtype != "tf32":  # TF32 is checked against the reference in test_tf32_is_opt_in
+        assert_matches(default, exp, dt)
+
 def test_algorithm_override_is_checked():
     with pytest.raises(ValueError, match="algorithm must be"):
         torch.ops.fusedconv._set_algorithm("fastest")

@@ -326,6 +326,39 @@ def test_triton_jit_runs_the_exported_wrapper_under_the_interpreter(monkeypatch,
     torch.testing.assert_close(out.double(), expected(case, x, ref, dtype), atol=tol, rtol=tol)
 
 
+
+def test_exported_algorithm_rule_is_the_ops(files):
+    """The standalone file cannot import fusedconv, so it carries its own copy of the op's
+    default algorithm rule: the two agree in every mode on both sides of the 8-channel limit."""
+    module = import_file(files[90], "exported_rule")
+    previous = torch.get_float32_matmul_precision()
+    try:
+        for dtype, mode, precision in ((torch.float32, "accurate", "highest"), (torch.float32, "tf32", "high"),
+                                       (torch.float16, "native", "highest"), (torch.bfloat16, "native", "highest")):
+            torch.set_float32_matmul_precision(precision)
+            for c_in in range(1, 21):
+                assert module.algorithm(dtype, c_in) == torch.ops.fusedconv._default_algorithm(mode, c_in), \
+                    (dtype, precision, c_in)
+    finally:
+        torch.set_float32_matmul_precision(previous)
+    rule = torch.ops.fusedconv._default_algorithm
+    assert [rule("native", 8), rule("native", 9), rule("tf32", 8), rule("tf32", 64), rule("accurate", 3)] == \
+        ["channels_last", "materialize", "channels_last", "materialize", "materialize"]
+
+
+@interpreted
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_more_than_8_input_channels_run_materialize_under_the_interpreter(files, dtype):
+    """16-bit inputs with two chunks of input channels take the materialize sequence (fp32
+    values through group_norm_apply_kernel), not channels_last, and match the reference."""
+    module = import_file(files[90], f"exported_wide_{str(dtype)[6:]}")
+    for name in TABLES:
+        tuner = getattr(module, name)
+        tuner.configs = tuner.configs[-1:]  # the small fallbacks, run untimed
+    run_model(module, Case(n=1, c_in=9, c_out=16, h=7, w=9, groups=4, padding=(1, 1)), dtype)
+    ran = {name for name in TABLES if hasattr(getattr(module, name), "best_config")}
+    assert ran == set(SEQUENCES[torch.float32]), ran
+
 # --- CUDA, in fresh processes (conftest's TRITON_INTERPRET stays out of them) -----------------
 
 CHECK = textwrap.dedent('''

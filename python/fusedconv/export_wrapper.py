@@ -1,7 +1,7 @@
 """The launch sequences of fusedconv's Triton-JIT path, in plain torch + triton: grid, buffers,
 launch order, and the KernelBench-style ModelNew.
 
-Source, not a module to import: `fusedconv.export` copies the function and class below,
+Source, not a module to import: `fusedconv.export` copies the functions and class below,
 verbatim, into the standalone file after the kernels, and fusedconv.triton_jit runs that file.
 So they may use torch, nn and triton only (the file's imports), and the names set to None here,
 which the exported file defines above them: the kernels (under @triton.autotune, except
@@ -21,12 +21,20 @@ conv_stats_kernel = group_stats_kernel = group_norm_apply_kernel = dot_precision
 to_channels_last_kernel = pack_weight_kernel = conv_cl_stats_kernel = conv_cl_norm_kernel = None
 
 
+def algorithm(dtype, c_in):
+    """The launch sequence for a dtype and input channel count, as the op's default_algorithm
+    (csrc/forward_cuda.cpp) picks it on large inputs: channels_last's second conv beats
+    materialize's extra bytes only for 16-bit inputs and TF32 over one chunk of 8 channels."""
+    fast = dtype != torch.float32 or torch.get_float32_matmul_precision() != "highest"
+    return "channels_last" if fast and c_in <= 8 else "materialize"
+
+
 def conv_sigmoid_group_norm(x, weight, conv_bias, bias, scale, gn_weight, gn_bias, num_groups,
                             eps=1e-5, stride=(1, 1), padding=(0, 0), dilation=(1, 1)):
     """GroupNorm(sigmoid((conv2d(x, weight) + conv_bias + bias) * scale)) for CUDA tensors of
     one dtype (float32, float16 or bfloat16), zero padding, conv groups 1, with the algorithm
-    fusedconv's op takes by default on large inputs: materialize for accurate fp32,
-    channels_last for fp16, bf16 and TF32. conv_bias, gn_weight and gn_bias may be None.
+    fusedconv's op takes by default on large inputs: channels_last for fp16, bf16 and TF32 with
+    at most 8 input channels, materialize otherwise. conv_bias, gn_weight and gn_bias may be None.
     Unvalidated: the fusedconv op checks its arguments; this file trusts them."""
     n, _, h, w = x.shape
     c_out, _, kh, kw = weight.shape
@@ -37,7 +45,7 @@ def conv_sigmoid_group_norm(x, weight, conv_bias, bias, scale, gn_weight, gn_bia
     y = torch.empty(n, c_out, h_out, w_out, device=x.device, dtype=x.dtype)
     if y.numel() == 0:
         return y
-    if x.dtype != torch.float32 or torch.get_float32_matmul_precision() != "highest":
+    if algorithm(x.dtype, x.shape[1]) == "channels_last":
         return _channels_last(x, weight, conv_bias, bias, scale, gn_weight, gn_bias, num_groups, eps,
                               stride, padding, dilation, y, precision)
     f32 = dict(device=x.device, dtype=torch.float32)

@@ -40,10 +40,11 @@ def forward(x, weight, conv_bias, bias, scale, gn_weight, gn_bias, num_groups, e
     h_out = (x.shape[2] + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
     w_out = (x.shape[3] + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
     hw = h_out * w_out
-    # The C++ runtime's choices (csrc/forward_cuda.cpp): conv by shape and launch sequence (the
-    # exported wrapper's rule: channels-last unless fp32 is accurate), the others by size.
+    # The C++ runtime's choices (csrc/forward_cuda.cpp): algorithm by mode and C_in (the
+    # exported wrapper follows the same rule), conv by shape, the others by size.
     dtype = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[x.dtype]
-    channels_last = dtype != "fp32" or torch.get_float32_matmul_precision() != "highest"
+    mode = "native" if dtype != "fp32" else "accurate" if torch.get_float32_matmul_precision() == "highest" else "tf32"
+    channels_last = torch.ops.fusedconv._default_algorithm(mode, x.shape[1]) == "channels_last"
     conv = torch.ops.fusedconv._conv_config(c_out, w_out, channels_last)
     table = V.KERNELS["conv_cl_stats" if channels_last else "conv_stats"].configs_for(dtype)
     meta = _config(conv, table).meta
