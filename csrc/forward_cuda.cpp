@@ -170,6 +170,9 @@ at::Tensor flat_contiguous(const at::Tensor& t) { return t.is_contiguous() ? t :
 // (docs/performance.md, v12). Accurate fp32, three TF32 products per MMA over 32-bit operands in
 // shared memory, stays on materialize everywhere (1.76 against 2.12 ms; v10).
 std::string default_algorithm(const std::string& mode, int64_t c_in) {
+  TORCH_CHECK_VALUE(mode == "accurate" || mode == "tf32" || mode == "native",
+                    "fusedconv: mode must be 'accurate', 'tf32' or 'native', got '", mode, "'");
+  TORCH_CHECK_VALUE(c_in > 0, "fusedconv: c_in must be positive, got ", str(c_in));
   return mode == "accurate" || c_in > 8 ? "materialize" : "channels_last";
 }
 

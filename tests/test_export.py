@@ -344,6 +344,10 @@ def test_exported_algorithm_rule_is_the_ops(files):
     rule = torch.ops.fusedconv._default_algorithm
     assert [rule("native", 8), rule("native", 9), rule("tf32", 8), rule("tf32", 64), rule("accurate", 3)] == \
         ["channels_last", "materialize", "channels_last", "materialize", "materialize"]
+    with pytest.raises(ValueError, match="mode must be"):
+        rule("fp16", 8)
+    with pytest.raises(ValueError, match="c_in must be positive"):
+        rule("native", 0)
 
 
 @interpreted
