@@ -107,7 +107,6 @@ def test_channels_last_unit_flavour_needs_aligned_parameters(dtype):
         assert_matches(out, exp, dt)
 
 
-
 @pytest.mark.parametrize("c_in, algorithm", [(8, "channels_last"), (9, "materialize"), (64, "materialize")])
 @pytest.mark.parametrize("dtype", ["fp16", "bf16", "tf32"])
 def test_default_algorithm_follows_input_channels(fp32_matmul_precision, dtype, c_in, algorithm):
@@ -126,6 +125,7 @@ def test_default_algorithm_follows_input_channels(fp32_matmul_precision, dtype, 
     assert torch.equal(default, forced)
     if dtype != "tf32":  # TF32 is checked against the reference in test_tf32_is_opt_in
         assert_matches(default, exp, dt)
+
 
 def test_algorithm_override_is_checked():
     with pytest.raises(ValueError, match="algorithm must be"):

@@ -326,7 +326,6 @@ def test_triton_jit_runs_the_exported_wrapper_under_the_interpreter(monkeypatch,
     torch.testing.assert_close(out.double(), expected(case, x, ref, dtype), atol=tol, rtol=tol)
 
 
-
 def test_exported_algorithm_rule_is_the_ops(files):
     """The standalone file cannot import fusedconv, so it carries its own copy of the op's
     default algorithm rule: the two agree in every mode on both sides of the 8-channel limit."""
@@ -362,6 +361,7 @@ def test_more_than_8_input_channels_run_materialize_under_the_interpreter(files,
     run_model(module, Case(n=1, c_in=9, c_out=16, h=7, w=9, groups=4, padding=(1, 1)), dtype)
     ran = {name for name in TABLES if hasattr(getattr(module, name), "best_config")}
     assert ran == set(SEQUENCES[torch.float32]), ran
+
 
 # --- CUDA, in fresh processes (conftest's TRITON_INTERPRET stays out of them) -----------------
 
