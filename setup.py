@@ -36,7 +36,7 @@ class BuildWithKernels(BuildExtension):
         cpp = aot_build.build(gen_dir, ARCHS, PTX_ARCHS, log=lambda m: print(m, flush=True))
         for ext in self.extensions:
             ext.sources.append(str(cpp))
-            ext.include_dirs.append(_triton_include_dir())
+            ext.include_dirs += [str(gen_dir), _triton_include_dir()]
         super().build_extensions()
 
 

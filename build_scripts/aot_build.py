@@ -5,6 +5,7 @@
 Writes under --out:
   images/sm_<arch>/<variant>.{cubin,ptx}   the compiled images
   kernel_images.cpp                        the images (.incbin) and their metadata table
+  fusedconv_kernels.h, fusedconv_rules.h   typed launchers and the rules (codegen.py)
   build_report.json                        what `python -m fusedconv info` prints
 setup.py runs this from build_ext; nothing is compiled or fetched at run time. A stamp of the
 inputs (kernel source, Triton version, archs) skips the work when nothing changed.
@@ -12,16 +13,22 @@ inputs (kernel source, Triton version, archs) skips the work when nothing change
 import argparse
 import concurrent.futures as futures
 import hashlib
+import importlib
+import importlib.util
 import json
 import os
 import re
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import codegen  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+KERNEL_PACKAGE = "fusedconv.triton_kernels"
 
 DEFAULT_ARCHS = "89,90"
 # Only sm_89 PTX: sm_90 Triton PTX targets sm_90a, which no other arch can JIT.
@@ -30,6 +37,25 @@ DEFAULT_PTX_ARCHS = "89"
 
 def _parse_archs(text):
     return sorted({int(a.strip().removeprefix("sm_")) for a in text.split(",") if a.strip()})
+
+
+def kernel_module(name):
+    """A module of the kernel package under the one name it has everywhere,
+    fusedconv.triton_kernels.<name>, imported from the source tree: the build runs before
+    fusedconv is installed. Its parent is an empty stand-in (the real one loads the op library,
+    which the build is making), so call this only in processes that never import fusedconv."""
+    if KERNEL_PACKAGE not in sys.modules:
+        if "fusedconv" not in sys.modules:
+            stand_in = types.ModuleType("fusedconv")
+            stand_in.__path__ = []
+            sys.modules["fusedconv"] = stand_in
+        spec = importlib.util.spec_from_file_location(
+            KERNEL_PACKAGE, ROOT / "triton_kernels" / "__init__.py",
+            submodule_search_locations=[str(ROOT / "triton_kernels")])
+        package = importlib.util.module_from_spec(spec)
+        sys.modules[KERNEL_PACKAGE] = package
+        spec.loader.exec_module(package)
+    return importlib.import_module(f"{KERNEL_PACKAGE}.{name}")
 
 
 def _cuda_tool(name):
@@ -42,8 +68,8 @@ def _compile_one(arch, variant_name):
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
-    from triton_kernels import variants as V
 
+    V = kernel_module("variants")
     variant = next(v for v in V.variants(arch) if v.name == variant_name)
     constexprs = variant.constexprs
     src = ASTSource(variant.fn, signature=V.signature(variant.fn, variant.dtype, constexprs),
@@ -56,6 +82,12 @@ def _compile_one(arch, variant_name):
         raise RuntimeError(f"{variant_name} sm_{arch} wants scratch memory "
                            f"({md.global_scratch_size}, {md.profile_scratch_size} bytes): the "
                            "launcher passes null scratch pointers")
+    params = codegen.entry_param_count(compiled.asm["ptx"], md.name)
+    expected = len([t for t in src.signature.values() if t != "constexpr"]) + codegen.SCRATCH_PARAMS
+    if params != expected:
+        raise RuntimeError(f"{variant_name} sm_{arch}: its PTX entry takes {params} parameters, the generated "
+                           f"launcher passes {expected} (runtime arguments + {codegen.SCRATCH_PARAMS} scratch): "
+                           "Triton's launch ABI changed, update build_scripts/codegen.py")
     return dict(cubin=compiled.asm["cubin"], ptx=compiled.asm["ptx"], function=md.name,
                 shared=md.shared, num_warps=md.num_warps)
 
@@ -77,7 +109,7 @@ def _resource_usage(cubin_path):
 def _stamp(archs, ptx_archs):
     import triton
     h = hashlib.sha256()
-    for f in sorted((ROOT / "triton_kernels").glob("*.py")) + [Path(__file__)]:
+    for f in sorted((ROOT / "triton_kernels").glob("*.py")) + [Path(__file__), Path(codegen.__file__)]:
         h.update(f.read_bytes())
     h.update(f"{triton.__version__}|{archs}|{ptx_archs}".encode())
     return h.hexdigest()
@@ -109,10 +141,9 @@ def _generate_cpp(entries, report):
     for i, e in enumerate(entries):
         fmt = "ImageFormat::kCubin" if e["format"] == "cubin" else "ImageFormat::kPtx"
         lines.append(
-            f'    {{"{e["kernel"]}", "{e["dtype"]}", "{e["mode"]}", "{e["config"]}", '
+            f'    {{KernelName::{e["kernel"]}, "{e["dtype"]}", "{e["mode"]}", "{e["config"]}", '
             f'"{e["function"]}", {e["arch"]}, {fmt}, {e["block_m"]}, {e["block_w"]}, {e["block_c"]}, '
-            f'{e["num_warps"]}, {e["shared"]}, {e["registers"]}, {e["spill_bytes"]}, '
-            f'{e["stack_bytes"]}, fc_image_{i}, {e["size"]}u}},')
+            f'{e["num_warps"]}, {e["shared"]}, fc_image_{i}}},')
     lines += [
         "};",
         f"const size_t kNumKernelImages = {len(entries)};",
@@ -131,12 +162,24 @@ def _positions_per_program(meta):
     return meta.get("BLOCK_M", meta.get("BLOCK", 0))
 
 
+def write_headers(out_dir):
+    """The generated C++ headers (codegen.py); cheap, so written on every build."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    V = kernel_module("variants")
+    for name, text in (("fusedconv_kernels.h", codegen.kernels_header(V)),
+                       ("fusedconv_rules.h", codegen.rules_header(ROOT / "triton_kernels" / "rules.py"))):
+        path = out_dir / name
+        if not path.exists() or path.read_text() != text:
+            path.write_text(text)
+
+
 def build(out_dir, archs, ptx_archs, jobs=None, log=print):
     import triton
     import torch
-    from triton_kernels import variants as V
 
+    V = kernel_module("variants")
     out_dir = Path(out_dir)
+    write_headers(out_dir)
     stamp = _stamp(archs, ptx_archs)
     stamp_file = out_dir / "stamp"
     cpp_file = out_dir / "kernel_images.cpp"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One call on the device machine: build, test natively and with the sm_89 PTX forced, time.
-#   bash build_scripts/device_check.sh [quick|native|ptx]   logs go to $OUT (default ./device_out)
+#   bash build_scripts/device_check.sh [quick|native|ptx|compare]   logs go to $OUT (default ./device_out)
 # "quick" skips the forced-PTX suite and runs only the fp32 benchmark. A full run can outlast
 # one device call (10 minutes): "native" is the native suite and the main benchmark, "ptx" the
 # forced-PTX suite and the other benchmarks; the two together are the full run. The device copy of the
@@ -43,6 +43,32 @@ run_suite() {  # name, env...
   tail -4 "$OUT/pytest_$name.log"
 }
 phase=${1:-all}
+
+# "compare": this build against the one from the source tree in $BASELINE (e.g. `git archive`
+# of main before a change, carried to the device): every output bit for bit, natively and
+# through the sm_89 PTX, then both builds' benchmark timings in this one run.
+if [ "$phase" = compare ]; then
+  step "build baseline from ${BASELINE:?set BASELINE to the source tree to compare against}"
+  if ! $PY -m pip install --no-build-isolation --no-deps --target /tmp/baseline "$BASELINE" > "$OUT/build_baseline.log" 2>&1; then
+    tail -40 "$OUT/build_baseline.log"; echo "BASELINE BUILD FAILED"; exit 1
+  fi
+  rm -f "$OUT/build_baseline.log"
+  for ptx in "" 89; do
+    step "dump outputs (FUSEDCONV_FORCE_PTX=${ptx:-unset})"
+    FUSEDCONV_FORCE_PTX=$ptx PYTHONPATH=/tmp/baseline $PY benchmarks/compare_builds.py dump /tmp/baseline_$ptx.pt || status=1
+    FUSEDCONV_FORCE_PTX=$ptx $PY benchmarks/compare_builds.py dump /tmp/current_$ptx.pt || status=1
+    $PY benchmarks/compare_builds.py compare /tmp/baseline_$ptx.pt /tmp/current_$ptx.pt 2>&1 | tee -a "$OUT/compare.txt" || status=1
+  done
+  step "bench, baseline then current"
+  for build in baseline current; do
+    path=$([ $build = baseline ] && echo /tmp/baseline || echo "")
+    echo "== $build" | tee -a "$OUT/bench.txt"
+    PYTHONPATH=$path $PY -m fusedconv bench --dtype fp32,fp16,bf16 --peers fusedconv,eager 2>&1 | tee -a "$OUT/bench.txt" || status=1
+  done
+  step "done, status $status"
+  exit $status
+fi
+
 [ "$phase" = ptx ] || run_suite native
 [ "$phase" = quick ] || [ "$phase" = native ] || run_suite sm89_ptx FUSEDCONV_FORCE_PTX=89
 

@@ -41,9 +41,8 @@ void read_file_once(State& s) {
   while (std::getline(in, line)) {
     std::istringstream fields(line);
     std::string key, config, algorithm;
-    if (std::getline(fields, key, '\t') && std::getline(fields, config, '\t') &&
-        std::getline(fields, algorithm) && is_algorithm(algorithm)) {
-      s.cache[key] = {algorithm, config};
+    if (std::getline(fields, key, '\t') && std::getline(fields, config, '\t') && std::getline(fields, algorithm)) {
+      if (const std::optional<Algorithm> a = parse_algorithm(algorithm)) s.cache[key] = {*a, config};
     }
   }
 }
@@ -72,10 +71,6 @@ float time_once(const std::function<void(const Choice&)>& run, const Choice& c, 
 
 }  // namespace
 
-bool is_algorithm(const std::string& name) {
-  return name == "materialize" || name == "recompute" || name == "channels_last" || name == "resident";
-}
-
 void set_autotune(bool enabled, const std::string& cache_file) {
   State& s = state();
   std::lock_guard<std::mutex> lock(s.mutex);
@@ -92,21 +87,18 @@ bool autotune_enabled() {
   return s.enabled;
 }
 
-bool autotuned_choice(const std::string& key, const std::vector<Choice>& candidates,
-                      const std::function<void(const Choice&)>& run, CUstream stream, Choice* choice) {
+std::optional<Choice> autotuned_choice(const std::string& key, const std::vector<Choice>& candidates,
+                                       const std::function<void(const Choice&)>& run, CUstream stream) {
   State& s = state();
   {
     std::lock_guard<std::mutex> lock(s.mutex);
     read_file_once(s);
     auto it = s.cache.find(key);
-    if (it != s.cache.end()) {
-      *choice = it->second;
-      return true;
-    }
+    if (it != s.cache.end()) return it->second;
   }
   CUstreamCaptureStatus capture = CU_STREAM_CAPTURE_STATUS_NONE;
   cu::check(cu::driver().StreamIsCapturing(stream, &capture), "cuStreamIsCapturing");
-  if (capture != CU_STREAM_CAPTURE_STATUS_NONE) return false;  // timing would break the capture
+  if (capture != CU_STREAM_CAPTURE_STATUS_NONE) return std::nullopt;  // timing would break the capture
 
   // Each candidate runs once untimed (module load, PTX JIT) and once timed.
   Choice best = candidates.front();
@@ -120,10 +112,9 @@ bool autotuned_choice(const std::string& key, const std::vector<Choice>& candida
   s.cache[key] = best;
   if (!s.file.empty()) {
     std::ofstream out(s.file, std::ios::app);
-    out << key << '\t' << best.config << '\t' << best.algorithm << '\n';
+    out << key << '\t' << best.config << '\t' << algorithm_name(best.algorithm) << '\n';
   }
-  *choice = best;
-  return true;
+  return best;
 }
 
 std::string autotune_entries() {
@@ -131,7 +122,7 @@ std::string autotune_entries() {
   std::lock_guard<std::mutex> lock(s.mutex);
   read_file_once(s);
   std::string out;
-  for (const auto& [key, c] : s.cache) out += key + '\t' + c.config + '\t' + c.algorithm + '\n';
+  for (const auto& [key, c] : s.cache) out += key + '\t' + c.config + '\t' + algorithm_name(c.algorithm) + '\n';
   return out;
 }
 

@@ -4,19 +4,14 @@
 #pragma once
 
 #include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "cuda_driver.h"
+#include "policy.h"
 
 namespace fusedconv {
-
-struct Choice {
-  std::string algorithm;  // "materialize", "recompute", "channels_last" or "resident"
-  std::string config;     // the algorithm's block config name (variants.py)
-};
-
-bool is_algorithm(const std::string& name);
 
 // Enabled by FUSEDCONV_AUTOTUNE=1 or set_autotune(true); the file from FUSEDCONV_AUTOTUNE_CACHE
 // or set_autotune's argument ("" for memory only).
@@ -24,10 +19,10 @@ void set_autotune(bool enabled, const std::string& cache_file);
 bool autotune_enabled();
 
 // The cached choice for `key`; otherwise, unless `stream` is capturing a graph, times
-// run(candidate) for every candidate on `stream` and caches the fastest. Returns false (and
-// leaves *choice alone) when it neither found nor made a choice.
-bool autotuned_choice(const std::string& key, const std::vector<Choice>& candidates,
-                      const std::function<void(const Choice&)>& run, CUstream stream, Choice* choice);
+// run(candidate) for every candidate on `stream` and caches the fastest. Nothing when it
+// neither found nor made a choice.
+std::optional<Choice> autotuned_choice(const std::string& key, const std::vector<Choice>& candidates,
+                                       const std::function<void(const Choice&)>& run, CUstream stream);
 
 // "key\tconfig\talgorithm" lines, for tests and `python -m fusedconv info`.
 std::string autotune_entries();

@@ -13,27 +13,26 @@
 namespace fusedconv {
 namespace {
 
-using Signature = at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
-                             const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
-                             const std::optional<at::Tensor>&, int64_t, double, at::IntArrayRef,
-                             at::IntArrayRef, at::IntArrayRef);
-
 bool requires_grad(const std::optional<at::Tensor>& t) { return t.has_value() && t->defined() && t->requires_grad(); }
 
-at::Tensor forward_autograd(FUSEDCONV_FORWARD_PARAMS) {
+at::Tensor forward_autograd(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& conv_bias,
+                            const at::Tensor& bias, const at::Tensor& scale,
+                            const std::optional<at::Tensor>& gn_weight, const std::optional<at::Tensor>& gn_bias,
+                            int64_t num_groups, double eps, at::IntArrayRef stride, at::IntArrayRef padding,
+                            at::IntArrayRef dilation) {
   const bool needs_grad = c10::GradMode::is_enabled() &&
                           (x.requires_grad() || weight.requires_grad() || requires_grad(conv_bias) ||
                            bias.requires_grad() || scale.requires_grad() || requires_grad(gn_weight) ||
                            requires_grad(gn_bias));
   if (needs_grad) {
     static const auto differentiable = c10::Dispatcher::singleton()
-        .findSchemaOrThrow("fusedconv::_forward_differentiable", "").typed<Signature>();
+        .findSchemaOrThrow("fusedconv::_forward_differentiable", "").typed<ForwardFn>();
     return differentiable.call(x, weight, conv_bias, bias, scale, gn_weight, gn_bias, num_groups, eps,
                                stride, padding, dilation);
   }
   at::AutoDispatchBelowADInplaceOrView below_autograd;
   static const auto forward = c10::Dispatcher::singleton()
-      .findSchemaOrThrow("fusedconv::forward", "").typed<Signature>();
+      .findSchemaOrThrow("fusedconv::forward", "").typed<ForwardFn>();
   return forward.call(x, weight, conv_bias, bias, scale, gn_weight, gn_bias, num_groups, eps, stride,
                       padding, dilation);
 }

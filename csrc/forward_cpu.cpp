@@ -8,7 +8,10 @@
 
 namespace fusedconv {
 
-at::Tensor forward_cpu(FUSEDCONV_FORWARD_PARAMS) {
+at::Tensor forward_cpu(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& conv_bias,
+                       const at::Tensor& bias, const at::Tensor& scale, const std::optional<at::Tensor>& gn_weight,
+                       const std::optional<at::Tensor>& gn_bias, int64_t num_groups, double eps,
+                       at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation) {
   ConvGeometry g;
   const auto shape = check_forward_args(x, weight, conv_bias, bias, scale, gn_weight, gn_bias,
                                         num_groups, eps, stride, padding, dilation, &g);

@@ -5,12 +5,12 @@
 #include "autotune.h"
 #include "forward.h"
 #include "kernel_registry.h"
+#include "policy.h"
 
 namespace fusedconv {
 namespace {
 
 std::string build_report() { return kBuildReportJson; }
-
 
 }  // namespace
 

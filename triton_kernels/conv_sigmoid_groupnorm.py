@@ -1,22 +1,21 @@
 """Conv2d -> +bias -> *scale -> sigmoid -> GroupNorm as Triton kernels.
 
 The single source of truth for fusedconv's GPU code: the AOT build compiles these functions
-into cubins/PTX, the interpreter tests launch them on CPU tensors, and nothing else holds
-kernel code.
-
-Two algorithms over the same pieces (shared/design/performance-model.md, options 1 and 2):
-  1. conv_stats_kernel: conv + epilogue per (sample, tile of output positions, channel
-     block); writes each channel's tile mean and M2 (sum of squared deviations), and with
-     STORE_V also the fp32 values themselves.
-  2. group_stats_kernel: per (sample, group), merges those partials in a fixed order
-     (Chan's parallel variance: exact, deterministic, never negative) into mean and rstd.
-  3. either conv_norm_kernel: conv + epilogue again, normalizes, writes y once ("recompute":
-     x read twice, y written once, the conv paid twice);
-     or group_norm_apply_kernel: normalizes the stored values ("materialize": the conv paid
-     once, y's bytes three times). Which is cheaper depends on how fast the conv runs.
-And "channels_last", recompute over a channels-last copy of x: to_channels_last_kernel and
-pack_weight_kernel, then conv_cl_stats_kernel, group_stats_kernel, conv_cl_norm_kernel, whose
-conv tile gathers with 16-byte vector loads.
+into cubins/PTX, the interpreter tests and the exported file launch them, and nothing else holds
+kernel code. Four algorithms (rules.py picks one; docs/performance.md says when each wins):
+  materialize: conv_stats_kernel (STORE_V: conv + epilogue per (sample, tile of output
+     positions, channel block); each channel's tile mean and M2, and the fp32 values) ->
+     group_stats_kernel -> group_norm_apply_kernel (normalizes the stored values: the conv
+     paid once, y's bytes three times);
+  recompute: conv_stats_kernel (statistics only) -> group_stats_kernel -> conv_norm_kernel
+     (conv + epilogue again, normalized, y written once: the conv paid twice);
+  channels_last: recompute over a channels-last copy of x (to_channels_last_kernel and
+     pack_weight_kernel, then conv_cl_stats_kernel -> group_stats_kernel ->
+     conv_cl_norm_kernel), whose conv tile gathers with 16-byte vector loads;
+  resident: conv_resident_kernel, one launch, one program per (sample, group) holding the
+     whole group in registers.
+group_stats_kernel merges a group's tile partials in a fixed order (Chan's parallel variance:
+exact, deterministic, never negative) into mean and rstd.
 
 Index conventions shared by the conv kernels:
   x       [N, C_in, H, W]           any strides; the batch stride is 64-bit, the others 32-bit
@@ -26,6 +25,7 @@ Index conventions shared by the conv kernels:
   stats   [N, G, 2]                 fp32 (mean, rstd)
   one program per (n, BLOCK_H x BLOCK_W tile of output positions, channel block), channel
   block fastest so the programs that share an x tile run together and find it in L2.
+  (The resident kernel holds [BLOCK_C channels, BLOCK_M positions] of one group instead.)
 """
 import triton
 import triton.language as tl
@@ -226,7 +226,7 @@ def _conv_bias_scale_sigmoid_tile(
 
     Positions are the dot's M dimension, so that on sm_90 a 4-warp program's 128 positions
     are a warpgroup MMA (acc[C, M] with 32 channels as M ran 1.5-2x slower on the H200:
-    docs/performance.md, v7). The first K_STEPS K steps are unrolled at compile time, so the
+    docs/performance-log.md, v7). The first K_STEPS K steps are unrolled at compile time, so the
     loads of every step are in flight together (a runtime loop over the same steps ran up to
     2x slower at K = 72); the rest, if any, run in a runtime loop.
 
@@ -463,7 +463,7 @@ def group_norm_apply_kernel(
 # and the weight into the matching K order. Every im2col row of a tile then comes from 16-byte
 # vector loads (8 channels of one tap at one position) at offsets that keep their alignment
 # through every tap, and the tensor cores read the tile from shared memory: the NCHW gather
-# above spends ~7 instructions on each x element instead (docs/performance.md, v9).
+# above spends ~7 instructions on each x element instead (docs/performance-log.md, v9).
 
 
 @triton.jit
@@ -543,7 +543,7 @@ def _cl_chunk(acc, chunk, x_sample, wk_ptr, pos_off, ih0, iw0, offs_c, c_mask,
     if TAPS > 0:
         w_step = wk_ptr + chunk * ((TAPS * TAPS + 1) // 2 * 16)
         # A runtime loop without software pipelining ran fastest on the H200 (a static unroll
-        # or cp.async stages of 2-4 were 7-35% slower, docs/performance.md, v9).
+        # or cp.async stages of 2-4 were 7-35% slower, docs/performance-log.md, v9).
         for tap0 in tl.range(0, TAPS * TAPS, 2, num_stages=1):
             acc = _cl_k_step(acc, tap0, x_chunk, w_step, pos_off, ih0, iw0, offs_c, c_mask,
                              H, W, TAPS, TAPS * TAPS, C_pad, KP, dil_h, dil_w, BLOCK_K, TAPS, PRECISION)
@@ -605,7 +605,7 @@ def _cl_program_tile(
     With UNIT the launcher has checked one chunk of input channels, one channel block and unit
     stride and dilation; as constants they fold the tile's address arithmetic, as Triton's JIT
     does for arguments equal to 1 (the AOT images ran 17% behind the JIT without them,
-    docs/performance.md, v10)."""
+    docs/performance-log.md, v10)."""
     if UNIT:
         num_chunks, num_c_blocks, stride_h, stride_w, dil_h, dil_w = 1, 1, 1, 1, 1, 1
     n, th, tw, c_block = _tile_coords(num_th, num_tw, num_c_blocks)

@@ -2,11 +2,13 @@
 modes x block configs x archs, and each kernel argument's type.
 
 Kept beside the kernels so the build, the interpreter tests and the export read one table.
-Config names are part of the C++ runtime's contract (its heuristic asks for them by name).
+Config names are part of the runtime's contract: rules.py picks them by name, and a test checks
+that every name it returns is in the table it picks from.
 """
 from dataclasses import dataclass
 
 from . import conv_sigmoid_groupnorm as k
+from . import rules
 
 
 @dataclass(frozen=True)
@@ -18,7 +20,7 @@ class Config:
 
 
 # Conv kernels: a BLOCK_H x BLOCK_W tile of positions (the dot's M, a warpgroup MMA on sm_90)
-# by BLOCK_C channels. Chosen from sweeps on the H200 (docs/performance.md, v4, v5, v7): small
+# by BLOCK_C channels. Chosen from sweeps on the H200 (docs/performance-log.md, v4, v5, v7): small
 # 4-warp programs without software pipelining, several per SM, hide the gathers' latency best;
 # the channel tile follows C_out, because every channel block redoes the whole gather.
 # K_STEPS > 0 unrolls that many K steps at compile time (any K beyond them runs in a runtime
@@ -36,7 +38,7 @@ CONV_CONFIGS = (
 
 # The channels-last conv kernels in fp16/bf16: the same roles and names, with a row tile twice
 # as wide. 1 x 256 at 4 warps ran their two passes 13% faster than 1 x 128 (0.81 against 0.93
-# ms, fp16, H200; 2 x 128 0.82, 1 x 256 at 8 warps 1.09; docs/performance.md, v10) at 119-124
+# ms, fp16, H200; 2 x 128 0.82, 1 x 256 at 8 warps 1.09; docs/performance-log.md, v10) at 119-124
 # registers; the runtime gives it images at least 192 wide (so a tile is at least 3/4 used).
 # Their fp32 images keep CONV_CONFIGS: at 1 x 256 the sm_89 ones needed 255 registers and a
 # 88-280 byte stack (arrays in local memory), and TF32 on sm_90 gained 1%.
@@ -72,7 +74,7 @@ RESIDENT_CONFIGS = (
 # channels per position in each thread's 16-byte store. 2 positions a thread amortize the
 # program's index arithmetic (30 SASS instructions per element against 52 with 1, which ran
 # issue-bound) at 48 registers (4 positions a thread took 78 and ran latency-bound at 25%
-# occupancy; docs/performance.md, v10); b64 is the fallback for narrow images.
+# occupancy; docs/performance-log.md, v10); b64 is the fallback for narrow images.
 TRANSPOSE_CONFIGS = (
     Config("b256", dict(BLOCK=256), num_warps=8, num_stages=1),
     Config("b64", dict(BLOCK=64), num_warps=2, num_stages=1),
@@ -93,7 +95,7 @@ _CL_UNIT_DIVISIBLE = ("xt_ptr", "wk_ptr", "conv_bias_ptr", "bias_ptr", "scale_pt
 # The channels-last conv kernels' flavours: (name, TAPS, UNIT, arguments divisible by 16). Any
 # kernel; the unpadded 3 x 3; and that one specialized the way Triton's JIT specializes the
 # benchmark (one input chunk, one channel block, unit stride and dilation as constants, the
-# facts above): 20-27% fewer instructions per tile, 9% faster (docs/performance.md, v10).
+# facts above): 20-27% fewer instructions per tile, 9% faster (docs/performance-log.md, v10).
 _CL_FLAVOURS = (("conv_cl", 0, False, _CL_ALIGNED), ("conv3x3_cl", 3, False, _CL_ALIGNED),
                 ("conv3x3_cl_unit", 3, True, _CL_UNIT_DIVISIBLE))
 
@@ -125,10 +127,11 @@ class KernelSpec:
         return self.fp32_configs if dtype == "fp32" and self.fp32_configs else self.configs
 
 
-# The image names the C++ runtime asks for.
-# The conv kernels come in two flavours: any kernel size and padding (TAPS = 0), and the
-# unpadded 3 x 3 kernel (TAPS = 3: no bounds tests, k decoded by constants), which the runtime
-# picks whenever the shape allows.
+# The image names the C++ runtime asks for (codegen.py makes each a constant of the KernelName
+# enum, tied to its kernel's typed launcher). The NCHW conv and resident kernels come in two
+# flavours: any kernel size and padding (TAPS = 0), and the unpadded 3 x 3 kernel (TAPS = 3: no
+# bounds tests, k decoded by constants); the channels-last conv kernels in three (_CL_FLAVOURS).
+# rules.conv_taps, channels_last_taps and channels_last_unit pick one.
 KERNELS = {
     "conv_stats": KernelSpec(k.conv_stats_kernel, CONV_CONFIGS, {"STORE_V": False, "TAPS": 0}, True, True),
     "conv_stats_store": KernelSpec(k.conv_stats_kernel, CONV_CONFIGS, {"STORE_V": True, "TAPS": 0}, True, True),

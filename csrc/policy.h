@@ -1,0 +1,51 @@
+// Which algorithm and block config a CUDA call runs: the test and tuning overrides, the rules
+// generated from triton_kernels/rules.py, the resident fit, and when autotuning may choose.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "fusedconv_kernels.h"
+#include "kernel_registry.h"
+
+namespace fusedconv {
+
+struct Choice {
+  Algorithm algorithm;
+  std::string config;  // the algorithm's block config name (triton_kernels/variants.py)
+};
+
+const char* algorithm_name(Algorithm algorithm);
+std::optional<Algorithm> parse_algorithm(const std::string& name);
+
+// What the policy reads of a call.
+struct PolicyInput {
+  ImageSet set;
+  const char* dtype;  // "fp32" | "fp16" | "bf16"
+  const char* mode;   // rules::precision_mode
+  int64_t n, c_in, c_out, w_out, hw_out, k_total, num_groups;
+};
+
+// The choice for a call: a forced algorithm or config first; else resident where a group fits
+// and rules::resident_by_default holds; else rules::default_algorithm with rules::conv_config.
+// A forced resident that cannot hold a group is a ValueError, not a silent fallback. Fills
+// `tune_candidates` (every algorithm x config the build carries) when autotuning is on and
+// nothing is forced; leaves it empty otherwise.
+Choice choose(const PolicyInput& in, std::vector<Choice>* tune_candidates);
+
+// Test and tuning hooks, process-wide: force one block config by name, a conv config or a
+// resident one (which also selects the resident algorithm); force an algorithm by name. ""
+// restores the default.
+void set_forced_config(const std::string& config);
+std::string forced_config();
+void set_forced_algorithm(const std::string& algorithm);
+std::string forced_algorithm();
+
+// rules::default_algorithm and the conv config a call would take (rules::conv_config or the
+// forced one), with their arguments checked: exposed to Python and the tests.
+std::string default_algorithm(const std::string& mode, int64_t c_in);
+std::string chosen_config(int64_t c_out, int64_t w_out, bool channels_last);
+
+}  // namespace fusedconv

@@ -1,0 +1,139 @@
+"""The runtime's choices, written once: which algorithm, which kernel flavour and which block
+config a call runs.
+
+The C++ runtime, the Triton-JIT peer, the exported file and the tests all follow these
+functions. The AOT build translates them into C++ (build_scripts/codegen.py writes them to
+`fusedconv_rules.h`); the exported file carries their source verbatim. So they are written in
+the small subset of Python the translator knows: module-level integer constants, functions
+whose arguments are annotated `int`, `bool` or `str` and which return one of those, bodies of
+`if ...: return ...` and a final `return`, and expressions over comparisons, `and`/`or`/`not`,
+`+ - * // %`, conditional expressions and calls of each other. No imports.
+
+The evidence behind each number: docs/performance.md (the current state) and
+docs/performance-log.md (each measurement).
+"""
+
+# The algorithms, in the order the autotuner and `python -m fusedconv info` list them.
+#   materialize    conv once, store fp32 values and tile statistics, normalize them in a
+#                  memory-bound pass
+#   recompute      conv twice (statistics, then normalize): y written once
+#   channels_last  recompute over a channels-last copy of x whose conv tile gathers with
+#                  16-byte vector loads
+#   resident       one launch, one program per (sample, group) holding the whole group
+ALGORITHMS = ("materialize", "recompute", "channels_last", "resident")
+
+# Precision modes: fp32 is "accurate" (allclose 1e-4) unless the user opted into TF32 with
+# torch.set_float32_matmul_precision("high" or "medium"); 16-bit inputs have one mode.
+MODES = ("accurate", "tf32", "native")
+
+# channels_last copies x in chunks of 8 channels. Over one chunk its second conv is cheaper
+# than materialize's extra bytes (H200, benchmark shape: fp16 1.06 against 1.37 ms, TF32 1.52
+# against 1.58); with more input channels materialize won 14 of 16 shapes with C_in 16-64 and
+# every UNet shape (1.2-1.9x, H100).
+CHANNELS_LAST_MAX_C_IN = 8
+
+# resident beats the tiled algorithms' three launches while its programs fit about one wave and
+# its arithmetic is small (H200: the 1x8x32x32 problem takes 1 launch instead of 3; at batch
+# 128 the tiled kernels win 2x).
+RESIDENT_MAX_PROGRAMS = 256
+RESIDENT_MAX_MACS = 67108864  # 2^26 multiply-adds
+
+# Conv block configs: the channel tile follows C_out, because every channel block redoes the
+# whole x gather; the row tile (1 x 128, 1 x 256 in the 16-bit channels-last kernels) needs
+# images wide enough to fill 3/4 of it.
+CONV_NARROW_MAX_C_OUT = 16
+CONV_WIDE_MIN_C_OUT = 64
+ROW_TILE_MIN_W_OUT = 96
+ROW_TILE_MIN_W_OUT_CHANNELS_LAST = 192
+
+# The memory-bound kernels' configs by the length of the run they stream.
+GROUP_STATS_WIDE_RUN = 512     # a group's partials: channels per group x tiles
+APPLY_WIDE_HW = 512            # positions per output channel
+COPY_WIDE_W = 128              # input columns per row
+PACK_WIDE_TAPS = 9             # kernel taps, rounded up to even
+
+
+def precision_mode(dtype: str, fp32_highest: bool) -> str:
+    """dtype is "fp32", "fp16" or "bf16"; fp32_highest is torch's float32 matmul precision
+    being "highest"."""
+    if dtype != "fp32":
+        return "native"
+    if fp32_highest:
+        return "accurate"
+    return "tf32"
+
+
+def default_algorithm(mode: str, c_in: int) -> str:
+    """The tiled algorithm a call takes unless resident does: accurate fp32 (three TF32
+    products per MMA on sm_90, FFMA on sm_89) always materializes."""
+    if mode == "accurate" or c_in > CHANNELS_LAST_MAX_C_IN:
+        return "materialize"
+    return "channels_last"
+
+
+def resident_by_default(programs: int, macs: int) -> bool:
+    """Whether a problem whose groups fit a resident config takes it: programs is N x groups,
+    macs N x C_out x H_out x W_out x C_in x KH x KW."""
+    return programs <= RESIDENT_MAX_PROGRAMS and macs <= RESIDENT_MAX_MACS
+
+
+def conv_config(c_out: int, w_out: int, channels_last: bool) -> str:
+    """The conv kernels' block config (triton_kernels/variants.py, CONV_CONFIGS)."""
+    if c_out <= CONV_NARROW_MAX_C_OUT:
+        return "h4w32_c16"
+    min_w = ROW_TILE_MIN_W_OUT_CHANNELS_LAST if channels_last else ROW_TILE_MIN_W_OUT
+    if c_out >= CONV_WIDE_MIN_C_OUT or w_out < min_w:
+        return "h2w32_c64"
+    return "row_c32_k5"
+
+
+def conv_taps(kh: int, kw: int, pad_h: int, pad_w: int, dil_w: int, x_stride_w: int) -> int:
+    """The NCHW conv and resident kernels' flavour: 3 (an unpadded 3 x 3 kernel: no bounds
+    tests, a row's taps at constant offsets, so x's columns must be adjacent and the column
+    dilation 1) or 0 (any kernel)."""
+    if kh == 3 and kw == 3 and pad_h == 0 and pad_w == 0 and dil_w == 1 and x_stride_w == 1:
+        return 3
+    return 0
+
+
+def channels_last_taps(kh: int, kw: int, pad_h: int, pad_w: int) -> int:
+    """The channels-last conv kernels' flavour: they read the launcher's own workspace, so
+    only the padding matters."""
+    if kh == 3 and kw == 3 and pad_h == 0 and pad_w == 0:
+        return 3
+    return 0
+
+
+def channels_last_unit(taps: int, chunks: int, c_blocks: int, c_out: int, aligned: bool,
+                       stride_h: int, stride_w: int, dil_h: int, dil_w: int) -> bool:
+    """The channels-last unit flavour, compiled with the benchmark-like facts: the 3 x 3
+    flavour, one chunk of input channels, one channel block, C_out a multiple of 16, every
+    pointer 16-byte aligned, unit stride and dilation."""
+    return (taps == 3 and chunks == 1 and c_blocks == 1 and c_out % 16 == 0 and aligned
+            and stride_h == 1 and stride_w == 1 and dil_h == 1 and dil_w == 1)
+
+
+def wide_or_narrow(size: int, threshold: int, wide: str, narrow: str) -> str:
+    """A memory-bound kernel's config: the wide one from `threshold` on."""
+    return wide if size >= threshold else narrow
+
+
+def group_stats_config(group_run: int) -> str:
+    return wide_or_narrow(group_run, GROUP_STATS_WIDE_RUN, "b256", "b64")
+
+
+def apply_config(hw_out: int) -> str:
+    return wide_or_narrow(hw_out, APPLY_WIDE_HW, "b512", "b256")
+
+
+def copy_config(w: int) -> str:
+    return wide_or_narrow(w, COPY_WIDE_W, "b256", "b64")
+
+
+def pack_config(taps_even: int) -> str:
+    return wide_or_narrow(taps_even, PACK_WIDE_TAPS, "b16", "b8")
+
+
+def output_size(size: int, padding: int, dilation: int, kernel: int, stride: int) -> int:
+    """One spatial dimension of the conv's output (valid arguments: the op checks them)."""
+    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
