@@ -2,14 +2,23 @@
 
 #include "format.h"
 
+#include <c10/core/ScalarType.h>
 #include <c10/util/Exception.h>
 
 #include <cmath>
 #include <limits>
 #include <string>
+#include <string_view>
 
 namespace fusedconv {
 namespace {
+
+// torch's own names for dtypes (float32, int64: what Python users write and see in
+// tensor.dtype), not ATen's (Float, Long), which are what streaming a ScalarType prints.
+std::string dtype_name(at::ScalarType t) {
+  const std::string_view name = c10::getDtypeNames(t).first;
+  return name.empty() ? std::string(c10::toString(t)) : std::string(name);
+}
 
 bool is_supported_dtype(at::ScalarType t) {
   return t == at::kFloat || t == at::kHalf || t == at::kBFloat16;
@@ -25,7 +34,7 @@ void read_pair(at::IntArrayRef values, const char* name, int64_t out[2]) {
 
 void check_same(const at::Tensor& x, const at::Tensor& t, const char* name) {
   TORCH_CHECK_TYPE(t.scalar_type() == x.scalar_type(), "fusedconv.forward: ", name, " has dtype ",
-                   t.scalar_type(), " but x has dtype ", x.scalar_type(),
+                   dtype_name(t.scalar_type()), " but x has dtype ", dtype_name(x.scalar_type()),
                    "; all tensors must share x's dtype");
   TORCH_CHECK(t.device() == x.device(), "fusedconv.forward: ", name, " is on ", t.device(),
               " but x is on ", x.device(), "; all tensors must be on one device");
@@ -56,7 +65,8 @@ std::vector<c10::SymInt> check_forward_args(
                     "fusedconv.forward: weight must be 4-D [C_out, C_in, KH, KW], got ", str(weight.dim()),
                     "-D with shape ", str(weight.sym_sizes()));
   TORCH_CHECK_TYPE(is_supported_dtype(x.scalar_type()),
-                   "fusedconv.forward: x must be float32, float16 or bfloat16, got ", x.scalar_type());
+                   "fusedconv.forward: x must be float32, float16 or bfloat16, got ",
+                   dtype_name(x.scalar_type()));
   check_same(x, weight, "weight");
   check_same(x, bias, "bias");
   check_same(x, scale, "scale");

@@ -1,5 +1,7 @@
 """Every bad input gets a clear error naming the argument, before anything runs: on CPU, on the
 meta device (the fake kernel's path) and on CUDA, through the one validation routine."""
+import re
+
 import pytest
 import torch
 
@@ -38,11 +40,11 @@ BAD = [
     ("conv_bias_numel", lambda a: a.update(conv_bias=a["conv_bias"][:4]), ValueError, "conv_bias must have shape"),
     ("gn_weight_numel", lambda a: a.update(gn_weight=a["gn_weight"][:1]), ValueError, "gn_weight must have shape"),
     ("gn_bias_numel", lambda a: a.update(gn_bias=a["gn_bias"][:5]), ValueError, "gn_bias must have shape"),
-    ("weight_dtype", lambda a: a.update(weight=a["weight"].half()), TypeError, "weight has dtype"),
-    ("bias_dtype", lambda a: a.update(bias=a["bias"].double()), TypeError, "bias has dtype"),
-    ("gn_bias_dtype", lambda a: a.update(gn_bias=a["gn_bias"].bfloat16()), TypeError, "gn_bias has dtype"),
-    ("x_integer", lambda a: a.update(x=(a["x"] * 10).long()), TypeError, "x must be float32, float16 or bfloat16"),
-    ("x_double", lambda a: a.update(x=a["x"].double(), weight=a["weight"].double()), TypeError, "x must be float32"),
+    ("weight_dtype", lambda a: a.update(weight=a["weight"].half()), TypeError, "weight has dtype float16 but x has dtype float32"),
+    ("bias_dtype", lambda a: a.update(bias=a["bias"].double()), TypeError, "bias has dtype float64 but x has dtype float32"),
+    ("gn_bias_dtype", lambda a: a.update(gn_bias=a["gn_bias"].bfloat16()), TypeError, "gn_bias has dtype bfloat16 but x has dtype float32"),
+    ("x_integer", lambda a: a.update(x=(a["x"] * 10).long()), TypeError, "x must be float32, float16 or bfloat16, got int64"),
+    ("x_double", lambda a: a.update(x=a["x"].double(), weight=a["weight"].double()), TypeError, "x must be float32, float16 or bfloat16, got float64"),
     ("kernel_too_large", lambda a: a.update(weight=torch.rand(8, 3, 11, 3, device=a["x"].device)), ValueError, "kernel's height"),
     ("kernel_too_large_dilated", lambda a: a.update(dilation=[1, 5]), ValueError, "kernel's width"),
     ("stride_zero", lambda a: a.update(stride=[0, 1]), ValueError, "stride must be positive"),
@@ -67,11 +69,11 @@ BAD = [
     ("gn_weight_c11", lambda a: a.update(gn_weight=a["gn_weight"].view(8, 1, 1)), ValueError, "gn_weight must have shape"),
     ("bias_c11_wrong", lambda a: a.update(bias=a["bias"].view(1, 8, 1)), ValueError, "bias must have shape"),
     ("scale_scalar", lambda a: a.update(scale=a["scale"][0]), ValueError, "scale must have shape"),
-    ("x_bool", lambda a: a.update(x=a["x"] > 0.5), TypeError, "x must be float32, float16 or bfloat16"),
-    ("x_complex", lambda a: a.update(x=torch.complex(a["x"], a["x"])), TypeError, "x must be float32"),
-    ("scale_half", lambda a: a.update(scale=a["scale"].half()), TypeError, "scale has dtype"),
-    ("conv_bias_dtype", lambda a: a.update(conv_bias=a["conv_bias"].bfloat16()), TypeError, "conv_bias has dtype"),
-    ("gn_weight_dtype", lambda a: a.update(gn_weight=a["gn_weight"].half()), TypeError, "gn_weight has dtype"),
+    ("x_bool", lambda a: a.update(x=a["x"] > 0.5), TypeError, "x must be float32, float16 or bfloat16, got bool"),
+    ("x_complex", lambda a: a.update(x=torch.complex(a["x"], a["x"])), TypeError, "x must be float32, float16 or bfloat16, got complex64"),
+    ("scale_half", lambda a: a.update(scale=a["scale"].half()), TypeError, "scale has dtype float16 but x has dtype float32"),
+    ("conv_bias_dtype", lambda a: a.update(conv_bias=a["conv_bias"].bfloat16()), TypeError, "conv_bias has dtype bfloat16 but x has dtype float32"),
+    ("gn_weight_dtype", lambda a: a.update(gn_weight=a["gn_weight"].half()), TypeError, "gn_weight has dtype float16 but x has dtype float32"),
     ("eps_minus_inf", lambda a: a.update(eps=float("-inf")), ValueError, "eps must be finite"),
     ("eps_past_float32", lambda a: a.update(eps=1e39), ValueError, "eps must be finite"),
     ("stride_negative", lambda a: a.update(stride=[1, -2]), ValueError, "stride must be positive"),
@@ -102,6 +104,23 @@ def test_bad_input_requiring_grad(device, mutate, exc, words):
             a[k] = v.detach().requires_grad_()
     with pytest.raises(exc, match=words.replace("(", r"\(")):
         call(a)
+
+
+DTYPE_ERRORS = [b for b in BAD if b[2] is TypeError]
+# ATen's names for dtypes, which a streamed ScalarType prints: users know torch's (float32).
+ATEN_DTYPE_NAMES = re.compile(r"\b(Float|Half|BFloat16|Double|Long|Int|Bool|ComplexFloat)\b")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("mutate", [b[1] for b in DTYPE_ERRORS], ids=[b[0] for b in DTYPE_ERRORS])
+def test_dtype_errors_use_torch_names(device, mutate):
+    a = good_args(device)
+    mutate(a)
+    with pytest.raises(TypeError) as e:
+        call(a)
+    message = str(e.value).splitlines()[0]
+    assert re.search(r"\b(float32|float16|bfloat16|float64|int64|bool|complex64)\b", message), message
+    assert not ATEN_DTYPE_NAMES.search(message), message
 
 
 PARAMS = ["weight", "bias", "scale", "conv_bias", "gn_weight", "gn_bias"]

@@ -81,7 +81,9 @@ def main(argv=None):
                    help="a KernelBench-style file defining ModelNew, timed beside fusedconv")
     b.add_argument("--reps", type=int, default=20, help="timed calls per peer (median reported)")
     b.add_argument("--cpu", action="store_true", help="use the CPU path even with a GPU")
-    b.add_argument("--reference", help="path to reference.py (default ../shared/reference.py)")
+    b.add_argument("--reference", metavar="PATH",
+                   help="KernelBench's reference.py (default: $FUSEDCONV_REFERENCE, else "
+                        "../shared/reference.py, else shared/reference.py, from the current directory)")
     b.add_argument("--json", help="write the results here")
     b.add_argument("--chart", help="write a PNG bar chart of speed-ups here")
     e = sub.add_parser("export", help="the kernels as one standalone KernelBench-style Triton file")
@@ -96,5 +98,19 @@ def main(argv=None):
     return bench.main(args)
 
 
+def run(argv=None):
+    """main() for a shell: output cut short by a closed pipe (`| head`) ends the command quietly,
+    with the status a shell reports for a tool that SIGPIPE ended, as it ends cat."""
+    try:
+        status = main(argv)
+        sys.stdout.flush()  # inside the try: short output meets the closed pipe only here
+        return status
+    except BrokenPipeError:
+        # Python flushes stdout once more at exit, which would fail again and print
+        # "Exception ignored ... BrokenPipeError": point it at devnull first.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + 13  # 128 + SIGPIPE
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run())

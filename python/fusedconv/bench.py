@@ -2,7 +2,9 @@
 peers on fresh random data, against the DRAM floor measured in the same run."""
 import importlib.util
 import json
+import math
 import os
+import re
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
@@ -71,12 +73,40 @@ def log(msg):
     print(msg, flush=True)
 
 
+# Where the KernelBench reference model is looked for when neither --reference nor
+# FUSEDCONV_REFERENCE names it: beside a checkout (../shared) or inside one (shared/), relative to
+# the current directory, since the wheel carries bench but not the reference.
+REFERENCE_DEFAULTS = ("../shared/reference.py", "shared/reference.py")
+
+
+def find_reference(path=None):
+    """(path, why) of the reference model: `path` (--reference), else $FUSEDCONV_REFERENCE, else
+    the first of REFERENCE_DEFAULTS that exists. A file named explicitly must exist: falling
+    back past it would time against a model the caller did not choose."""
+    env = os.environ.get("FUSEDCONV_REFERENCE")
+    for given, why in ((path, "--reference"), (env, "FUSEDCONV_REFERENCE")):
+        if given:
+            if not Path(given).is_file():
+                raise FileNotFoundError(f"fusedconv bench: {why} {given}: no such file")
+            return _absolute(given), why
+    for c in REFERENCE_DEFAULTS:
+        if Path(c).is_file():
+            return _absolute(c), "default"
+    tried = ", ".join(str(_absolute(c)) for c in REFERENCE_DEFAULTS)
+    raise FileNotFoundError(
+        "fusedconv bench: cannot find the reference model (KernelBench's reference.py); tried "
+        f"--reference (not given), FUSEDCONV_REFERENCE (not set), {tried}. Pass --reference "
+        "PATH/TO/reference.py or set FUSEDCONV_REFERENCE")
+
+
+def _absolute(path):
+    # abspath, not resolve(): ".." goes, but a symlinked ../shared is shown as the user has it.
+    return Path(os.path.abspath(path))
+
+
 def load_reference(path=None):
-    for c in (path, os.environ.get("FUSEDCONV_REFERENCE"), "../shared/reference.py", "shared/reference.py"):
-        if c and Path(c).is_file():
-            return _load_module(c, "fusedconv_reference")
-    raise SystemExit("fusedconv bench: cannot find the reference model; pass --reference "
-                     "PATH/TO/reference.py or set FUSEDCONV_REFERENCE")
+    """The reference model's module, from find_reference(path)."""
+    return _load_module(find_reference(path)[0], "fusedconv_reference")
 
 
 def _load_module(path, name):
@@ -229,9 +259,24 @@ def run_shape(ref_mod, shape, dtype_name, precision, peer_names, peer_files, rep
                     row.ms = time_ms(model, inputs, reps=reps)
         except Exception as e:  # a peer that fails is reported, not fatal
             row.note = f"failed: {type(e).__name__}: {str(e).splitlines()[0][:120]}"
-        log(f"    {name:<18} {row.ms:9.3f} ms  max|err| {row.max_abs_err:.1e}  "
+        log(f"    {name:<18} {fmt(row.ms, '9.3f', ' ms')}  max|err| {fmt(row.max_abs_err, '.1e')}  "
             f"allclose({tol:g}) {'yes' if row.allclose else 'NO'}")
     return result
+
+
+def measured(v):
+    return v is not None and math.isfinite(v)
+
+
+def fmt(v, spec, suffix=""):
+    """v formatted, or n/a at the same width where it was not measured (NaN: a CPU run, a
+    peer that failed); the suffix ("x", "%") belongs to the number, so n/a goes without it."""
+    width = int(re.match(r"\d*", spec).group() or 0) + len(suffix)
+    return f"{v:{spec}}{suffix}" if measured(v) else "n/a".rjust(width)
+
+
+def ratio(a, b):
+    return a / b if measured(a) and measured(b) and b > 0 else float("nan")
 
 
 def print_table(results, bw):
@@ -240,45 +285,85 @@ def print_table(results, bw):
     for r in results:
         eager = next((row.ms for row in r.rows if row.peer == "eager"), float("nan"))
         for row in r.rows:
-            pct = 100 * r.floor_ms / row.ms if row.ms == row.ms else float("nan")
-            log(f"{r.shape.name:<19}{r.dtype:<6}{row.peer:<22}{row.ms:>9.3f}{eager / row.ms:>8.2f}x"
-                f"{pct:>8.0f}%{row.max_abs_err:>10.1e}  {'yes' if row.allclose else 'NO'}"
+            log(f"{r.shape.name:<19}{r.dtype:<6}{row.peer:<22}{fmt(row.ms, '9.3f')}"
+                f"{fmt(ratio(eager, row.ms), '8.2f', 'x')}{fmt(100 * ratio(r.floor_ms, row.ms), '8.0f', '%')}"
+                f"{fmt(row.max_abs_err, '10.1e')}  {'yes' if row.allclose else 'NO'}"
                 + (f"  ({row.note})" if row.note.startswith("failed") or row.note.startswith("triton") else ""))
     if bw:
         log(f"copy bandwidth {bw:.2f} TB/s; floor = read x once + write y once at that rate")
 
 
+@dataclass(frozen=True)
+class Bar:
+    speedup: float  # over eager; 0 where the peer was not timed
+    fails: bool     # failed the allclose check: its speed is not an honest speed-up
+
+
+def chart_bars(results):
+    """(labels, {peer: [Bar or None per label]}) for the chart: one label per result with an
+    eager time, None where a peer has no row in that result. A peer that fails the allclose
+    check (torch.compile and the fp32 seed can) is marked, so it does not read as a win."""
+    timed = [(r, next((row.ms for row in r.rows if row.peer == "eager"), float("nan"))) for r in results]
+    timed = [(r, eager) for r, eager in timed if measured(eager)]
+    labels = [f"{r.shape.name}\n{r.dtype}" for r, _ in timed]
+    series = {}
+    for j, (r, eager) in enumerate(timed):
+        for row in r.rows:
+            bars = series.setdefault(row.peer, [None] * len(timed))
+            speedup = ratio(eager, row.ms)
+            bars[j] = Bar(speedup if measured(speedup) else 0.0, not row.allclose)
+    return labels, series
+
+
 def chart(results, path):
     try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        fig = draw_chart(results)
     except ImportError:
         log(f"matplotlib is not installed: no chart at {path}")
         return
-    labels, series = [], {}
-    for r in results:
-        eager = next((row.ms for row in r.rows if row.peer == "eager"), None)
-        if not eager:
-            continue
-        labels.append(f"{r.shape.name}\n{r.dtype}")
-        for row in r.rows:
-            series.setdefault(row.peer, []).append(eager / row.ms if row.ms == row.ms else 0)
-    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(labels) * max(1, len(series)) / 3), 4))
-    width = 0.8 / max(1, len(series))
-    for i, (peer, vals) in enumerate(series.items()):
-        ax.bar([j + i * width for j in range(len(vals))], vals, width, label=peer)
-    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(labels))], labels, fontsize=7)
-    ax.set_ylabel("speed-up over eager PyTorch")
-    ax.axhline(1, color="gray", lw=0.5)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
     fig.savefig(path, dpi=120)
     log(f"chart: {path}")
 
 
+def draw_chart(results):
+    """The speed-up chart as a matplotlib Figure; ImportError without matplotlib."""
+    # A bare Figure, not pyplot: no display backend to pick and no global figure left open.
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
+
+    labels, series = chart_bars(results)
+    fig = Figure(figsize=(max(6, 1.2 * len(labels) * max(1, len(series)) / 3), 4))
+    ax = fig.subplots()
+    width = 0.8 / max(1, len(series))
+    # Legend swatches of their own: a peer's first bar may be a hatched one.
+    handles = []
+    for i, (peer, bars) in enumerate(series.items()):
+        color = f"C{i % 10}"
+        handles.append(Patch(facecolor=color, label=peer))
+        for j, bar in enumerate(bars):
+            if bar is None:
+                continue
+            (patch,) = ax.bar(j + i * width, bar.speedup, width, color=color)
+            if bar.fails:
+                patch.set(hatch="///", alpha=0.45, edgecolor="black")
+    if any(bar and bar.fails for bars in series.values() for bar in bars):
+        handles.append(Patch(facecolor="white", edgecolor="black", hatch="///",
+                             label="fails allclose (not a valid speed-up)"))
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(labels))], labels, fontsize=7)
+    ax.set_ylabel("speed-up over eager PyTorch")
+    ax.axhline(1, color="gray", lw=0.5)
+    ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1, 1))
+    fig.tight_layout()
+    return fig
+
+
 def main(args):
-    ref_mod = load_reference(args.reference)
+    try:
+        ref_path, why = find_reference(args.reference)
+    except FileNotFoundError as e:
+        raise SystemExit(str(e)) from None
+    log(f"fusedconv bench: reference model {ref_path} ({why})")
+    ref_mod = _load_module(ref_path, "fusedconv_reference")
     cuda = torch.cuda.is_available() and not args.cpu
     if cuda:
         log(f"fusedconv bench on {torch.cuda.get_device_name()} "
