@@ -1,5 +1,6 @@
 #include "kernel_registry.h"
 #include "format.h"
+#include "fusedconv_rules.h"
 
 #include <c10/util/Exception.h>
 
@@ -164,7 +165,7 @@ const KernelImage* find_resident(const ImageSet& set, const char* dtype, const s
     if (k.arch != set.arch || k.format != set.format || std::strcmp(k.dtype, dtype)) continue;
     if (!name.empty()) {
       if (name == k.config) return &k;
-    } else if (k.block_c >= channels && k.block_m >= positions &&
+    } else if (rules::resident_fits(k.block_c, k.block_m, channels, positions) &&
                (!best || int64_t{k.block_m} * k.block_c < int64_t{best->block_m} * best->block_c)) {
       best = &k;
     }

@@ -170,7 +170,7 @@ void run_resident(const Problem& p, const std::string& config) {
   const bool taps3 = rules::conv_taps(p.kh, p.kw, p.pad_h, p.pad_w, p.dil_w, p.x_stride_w) == 3;
   const auto k = load(p.device, p.set, taps3 ? kernels::conv3x3_resident : kernels::conv_resident, p.dtype, "any",
                       config);
-  TORCH_CHECK_VALUE(k.image->block_c >= p.channels_per_group && k.image->block_m >= p.hw_out,
+  TORCH_CHECK_VALUE(rules::resident_fits(k.image->block_c, k.image->block_m, p.channels_per_group, p.hw_out),
                     "fusedconv.forward: resident config ", config, " holds ", str(int64_t{k.image->block_c}),
                     " channels x ", str(int64_t{k.image->block_m}), " positions per group, but a group here has ",
                     str(int64_t{p.channels_per_group}), " x ", str(p.hw_out));

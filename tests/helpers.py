@@ -1,5 +1,5 @@
 """Reference model, random cases and comparisons shared by the tests."""
-import importlib.util
+import os
 import random
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -7,6 +7,8 @@ from pathlib import Path
 import torch
 
 import fusedconv
+from fusedconv.bench import load_reference
+from fusedconv.triton_kernels import rules
 
 _ROOT = Path(__file__).resolve().parents[1]
 # ../shared beside the checkout (developers, CI); shared/ inside it where a copy puts it there.
@@ -16,14 +18,7 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 TOLERANCE = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 1e-2}
 
 
-def load_reference():
-    spec = importlib.util.spec_from_file_location("fusedconv_reference", REFERENCE_PATH)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-reference = load_reference()
+reference = load_reference(REFERENCE_PATH)
 
 
 @dataclass(frozen=True)
@@ -128,7 +123,7 @@ def assert_matches(out, exp, dtype):
 
 def output_size(case):
     """(H_out, W_out) of a case's conv."""
-    return tuple((size + 2 * p - d * (k - 1) - 1) // s + 1 for size, p, d, k, s in
+    return tuple(rules.output_size(*dim) for dim in
                  zip((case.h, case.w), case.padding, case.dilation, case.kernel, case.stride))
 
 
@@ -136,11 +131,24 @@ def algorithms_for(model, x):
     """The CUDA algorithms that can run this call: "resident" only where one of its configs
     holds a whole group (forcing it elsewhere is a ValueError, tested on its own)."""
     conv = model.conv
-    h_out, w_out = ((size + 2 * p - d * (k - 1) - 1) // s + 1 for size, p, d, k, s in
-                    zip(x.shape[2:], conv.padding, conv.dilation, conv.kernel_size, conv.stride))
+    h_out, w_out = output_size(Case(h=x.shape[2], w=x.shape[3], kernel=conv.kernel_size, stride=conv.stride,
+                                    padding=conv.padding, dilation=conv.dilation))
     cpg = conv.out_channels // model.group_norm.num_groups
-    fits = any(cpg <= c and h_out * w_out <= m for c, m in fusedconv.resident_configs().values())
+    fits = any(rules.resident_fits(c, m, cpg, h_out * w_out) for c, m in fusedconv.resident_configs().values())
     return tuple(a for a in fusedconv.ALGORITHMS if a != "resident" or fits)
+
+
+def fresh_env(*drop, tests_on_path=False, **extra):
+    """os.environ for a fresh process, without conftest's TRITON_INTERPRET (under it @triton.jit
+    gives interpreter functions, which neither a GPU run nor the AOT compiler can use) and
+    the variables named in `drop`; with tests/ first on PYTHONPATH where the process imports
+    helpers; plus `extra`."""
+    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", *drop)}
+    if tests_on_path:
+        env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parent)]
+                                            + [p for p in [env.get("PYTHONPATH")] if p])
+    env.update(extra)
+    return env
 
 
 def forward_args(model, x):
@@ -152,4 +160,4 @@ def forward_args(model, x):
 
 __all__ = ["Case", "DTYPES", "TOLERANCE", "reference", "random_cases", "reference_model",
            "fused_model", "random_input", "expected", "prepared", "assert_matches", "poison_cuda_allocator",
-           "forward_args", "algorithms_for", "output_size", "replace"]
+           "forward_args", "algorithms_for", "output_size", "fresh_env", "replace"]

@@ -47,6 +47,7 @@ def compile_syntax(source, include_dirs):
 ARGUMENTS = {
     "precision_mode": itertools.product(["fp32", "fp16", "bf16"], [False, True]),
     "default_algorithm": itertools.product(rules.MODES, range(1, 20)),
+    "resident_fits": itertools.product([4, 8], [256, 1024], [1, 4, 5, 8, 9], [255, 256, 257, 1024, 1025]),
     "resident_by_default": itertools.product([1, 255, 256, 257, 4096], [1, 2 ** 26, 2 ** 26 + 1]),
     "conv_config": itertools.product([1, 15, 16, 17, 32, 63, 64, 65, 128], [1, 95, 96, 191, 192, 254],
                                      [False, True]),

@@ -1,20 +1,18 @@
 """CUDA graphs, host threads, host synchronization and several GPUs. Skipped without a GPU
 (the multi-GPU tests without two)."""
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 import fusedconv
-from helpers import Case, DTYPES, TOLERANCE, forward_args, fused_model, prepared, random_input, reference_model
+from helpers import (Case, DTYPES, TOLERANCE, forward_args, fresh_env, fused_model, prepared, random_input,
+                     reference_model)
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 needs_two = pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
-TESTS = Path(__file__).resolve().parent
 
 
 def exact(args):
@@ -34,10 +32,7 @@ def assert_close(out, exp, dtype):
 
 
 def subprocess_env(**extra):
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = os.pathsep.join([str(TESTS)] + [p for p in [env.get("PYTHONPATH")] if p])
-    env.update(extra)
-    return env
+    return fresh_env(tests_on_path=True, **extra)
 
 
 @pytest.mark.parametrize("algorithm", fusedconv.ALGORITHMS)

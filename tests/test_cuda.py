@@ -9,17 +9,10 @@ import pytest
 import torch
 
 import fusedconv
-from helpers import (DTYPES, Case, algorithms_for, assert_matches, expected, fused_model, poison_cuda_allocator, prepared,
+from helpers import (DTYPES, Case, algorithms_for, fresh_env, assert_matches, expected, fused_model, poison_cuda_allocator, prepared,
                      random_input, reference, reference_model)
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-
-
-@pytest.fixture
-def fp32_matmul_precision():
-    previous = torch.get_float32_matmul_precision()
-    yield torch.set_float32_matmul_precision
-    torch.set_float32_matmul_precision(previous)
 
 
 def test_images_in_use():
@@ -211,9 +204,7 @@ except ImportError:
     pass
 print('ok')
 """
-    env = dict(os.environ)
-    env.pop("TRITON_INTERPRET", None)
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=fresh_env())
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stdout + r.stderr
 
 

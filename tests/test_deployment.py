@@ -19,7 +19,7 @@ from torch import nn
 
 import fusedconv
 from fusedconv._library import library_path
-from helpers import REFERENCE_PATH, reference
+from helpers import REFERENCE_PATH, fresh_env, reference
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "cpp"
@@ -38,7 +38,7 @@ artifacts = _load("fusedconv_make_artifacts", EXAMPLE / "make_artifacts.py")
 def base_env():
     # conftest sets TRITON_INTERPRET=1 for the kernel tests; under it @triton.jit gives
     # interpreter functions, which the wheel build's AOT compiler cannot compile.
-    return {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    return fresh_env()
 
 
 def run(cmd, **kwargs):

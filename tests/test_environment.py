@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import fresh_env
+
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = ROOT / "tests"
 
@@ -49,9 +51,7 @@ print("NO DRIVER OK")
 
 
 def clean_env(**extra):
-    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "FUSEDCONV_FORCE_PTX")}
-    env.update(extra)
-    return env
+    return fresh_env("FUSEDCONV_FORCE_PTX", **extra)
 
 
 def test_import_and_cpu_path_without_a_cuda_driver(tmp_path):

@@ -1,18 +1,19 @@
 """`python -m fusedconv export`: the standalone KernelBench-style file.
 
 Statically, by parsing it (both archs): its imports, its top-level order, no forbidden names,
-autotune over the build's configs, kernels that are the source's text, ModelNew's constructor.
-Under the Triton interpreter: the file imported from a directory of its own, every config and
-the autotune path itself (with a stand-in benchmarker) against the reference. On CUDA, in
-fresh processes: allclose against the reference on the benchmark shape (fp32 and fp16) and odd
-shapes in every dtype, and `bench --peer FILE`.
+autotune over the build's configs, kernels and rules that are the source's text, ModelNew's
+constructor; and the op's own rule functions against rules.py. Under the Triton interpreter:
+the file as written (every autotuner over several configs) on CPU tensors, the autotune path
+itself (with a stand-in benchmarker) and fusedconv-jit against the reference; every config and
+flavour of every kernel runs through this file's wrapper in test_kernels_interpreter.py. On
+CUDA, in fresh processes: allclose against the reference on the benchmark shape (fp32 and fp16)
+and odd shapes in every dtype, and `bench --peer FILE`.
 """
 import ast
 import importlib.util
 import inspect
 import itertools
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -20,32 +21,30 @@ import textwrap
 import pytest
 import torch
 
-from helpers import REFERENCE_PATH, Case, expected, random_input, reference, reference_model
+from helpers import REFERENCE_PATH, Case, expected, fresh_env, random_input, reference, reference_model, replace
 
 triton = pytest.importorskip("triton")
 from fusedconv import export  # noqa: E402
 from fusedconv.triton_kernels import conv_sigmoid_groupnorm as K  # noqa: E402
+from fusedconv.triton_kernels import rules  # noqa: E402
 from fusedconv.triton_kernels import variants as V  # noqa: E402
-import test_kernels_interpreter  # noqa: E402
 
 ARCHS = [89, 90]
 ALLOWED_IMPORTS = {"import torch", "import torch.nn as nn", "from torch import nn", "import triton",
                    "import triton.language as tl"}
 FORBIDDEN_TL = {"sigmoid", "tanh", "gelu", "silu", "softmax", "mish"}
-# The autotuned kernels, and which of them each launch sequence runs (conv_cl_norm_kernel
-# follows conv_cl_stats_kernel's choice: export.FOLLOWERS).
-TABLES = {"conv_stats_kernel": V.CONV_CONFIGS, "group_stats_kernel": V.GROUP_STATS_CONFIGS,
-          "group_norm_apply_kernel": V.APPLY_CONFIGS, "to_channels_last_kernel": V.TRANSPOSE_CONFIGS,
-          "pack_weight_kernel": V.PACK_CONFIGS, "conv_cl_stats_kernel": V.CL_CONV_CONFIGS}
-SEQUENCES = {torch.float32: ("conv_stats_kernel", "group_stats_kernel", "group_norm_apply_kernel"),
-             torch.float16: ("to_channels_last_kernel", "pack_weight_kernel", "conv_cl_stats_kernel",
-                             "group_stats_kernel")}
-SEQUENCES[torch.bfloat16] = SEQUENCES[torch.float16]
-interpreted = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
-                                 reason="TRITON_INTERPRET=1 must be set before Triton is imported")
+# The autotuned kernels, and which of them each tiled algorithm runs (the normalize passes
+# follow their conv's choice: export.FOLLOWERS; the resident kernel runs a config the wrapper
+# picks from RESIDENT_CONFIGS: export.TABLES).
+AUTOTUNED = {"conv_stats_kernel": V.CONV_CONFIGS, "group_stats_kernel": V.GROUP_STATS_CONFIGS,
+             "group_norm_apply_kernel": V.APPLY_CONFIGS, "to_channels_last_kernel": V.TRANSPOSE_CONFIGS,
+             "pack_weight_kernel": V.PACK_CONFIGS, "conv_cl_stats_kernel": V.CL_CONV_CONFIGS}
+SEQUENCES = {"materialize": ("conv_stats_kernel", "group_stats_kernel", "group_norm_apply_kernel"),
+             "channels_last": ("to_channels_last_kernel", "pack_weight_kernel", "conv_cl_stats_kernel",
+                               "group_stats_kernel")}
+# The tiled algorithm each dtype takes by default over at most 8 input channels (fp32 accurate).
+TILED = {torch.float32: "materialize", torch.float16: "channels_last", torch.bfloat16: "channels_last"}
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-# Autouse: the Triton 3.6 interpreter's bugs, mended as for the kernel tests.
-interpreter_fixes = test_kernels_interpreter.interpreter_fixes
 
 
 @pytest.fixture(scope="module")
@@ -82,22 +81,38 @@ def import_file(path, name):
 
 # --- static checks ---------------------------------------------------------------------------
 
+def defined(node):
+    """The names a top-level statement binds."""
+    if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+        return {node.name}
+    return {t.id for t in ast.walk(node) if isinstance(t, ast.Name) and isinstance(t.ctx, ast.Store)}
+
+
+RULES = ast.parse(inspect.getsource(rules))
+RULE_NAMES = set().union(*map(defined, RULES.body[1:]))
+PER_ARCH = {"dot_precision", *export.TABLES.values()}
+
+
 @pytest.mark.parametrize("arch", ARCHS)
-def test_top_level_is_imports_then_kernels_then_wrappers_then_modelnew(files, arch):
+def test_top_level_is_imports_kernels_rules_per_arch_wrappers_modelnew(files, arch):
     tree = tree_of(files, arch)
     kinds = []
     for node in tree.body:
         if isinstance(node, (ast.Import, ast.ImportFrom)):
             kinds.append("import")
             assert ast.unparse(node) in ALLOWED_IMPORTS, ast.unparse(node)
+        elif defined(node) and defined(node) <= RULE_NAMES:
+            kinds.append("rules")
+        elif defined(node) and defined(node) <= PER_ARCH:
+            kinds.append("per-arch")
         elif isinstance(node, ast.FunctionDef):
             kinds.append("kernel" if "triton.jit" in decorators(node) else "wrapper")
         elif isinstance(node, ast.ClassDef) and node.name == "ModelNew":
             kinds.append("model")
-        else:  # no docstring, constant, test, `if __name__`, get_inputs...
+        else:  # no docstring, other constant, test, `if __name__`, get_inputs...
             pytest.fail(f"unexpected top-level statement: {ast.unparse(node)[:80]}")
     order = [k for k, _ in itertools.groupby(kinds)]
-    assert order == ["import", "kernel", "wrapper", "model"], order
+    assert order == ["import", "kernel", "rules", "per-arch", "wrapper", "model"], order
     imports = {ast.unparse(n) for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))}
     assert {"import torch", "import triton", "import triton.language as tl"} <= imports
     assert imports & {"import torch.nn as nn", "from torch import nn"}
@@ -124,11 +139,12 @@ def test_no_forbidden_functions_and_no_fusedconv(files, arch):
 def test_autotune_over_the_builds_configs_on_each_launched_kernel(files, arch):
     tree = tree_of(files, arch)
     kernels = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef) and "triton.jit" in decorators(n)}
-    assert launched(tree) == set(TABLES) | set(export.FOLLOWERS)
+    assert launched(tree) == set(AUTOTUNED) | set(export.FOLLOWERS) | set(export.TABLES)
     for name, node in kernels.items():
         autotune = [d for d in node.decorator_list if isinstance(d, ast.Call) and ast.unparse(d.func) == "triton.autotune"]
-        if name not in TABLES:
-            assert decorators(node) == ["triton.jit"], f"{name} is a helper or a follower: jit only"
+        if name not in AUTOTUNED:
+            heuristics = ["triton.heuristics"] if name in export.DERIVED else []
+            assert decorators(node) == heuristics + ["triton.jit"], f"{name}: a helper, follower or table's kernel"
             continue
         assert len(autotune) == 1 and decorators(node)[0] == "triton.autotune" and decorators(node)[-1] == "triton.jit"
         kw = {k.arg: k.value for k in autotune[0].keywords}
@@ -136,13 +152,29 @@ def test_autotune_over_the_builds_configs_on_each_launched_kernel(files, arch):
         for c in kw["configs"].elts:
             assert ast.unparse(c.func) == "triton.Config"
             got.append((ast.literal_eval(c.args[0]), *(ast.literal_eval(k.value) for k in c.keywords)))
-        assert got == [(c.meta, c.num_warps, c.num_stages) for c in TABLES[name]]
+        assert got == [(c.meta, c.num_warps, c.num_stages) for c in AUTOTUNED[name]]
         assert 2 <= len(got) <= 3
         # The key holds every shape argument the kernel gets, so a new shape is tuned again.
         key = ast.literal_eval(kw["key"])
         arg_names = set(getattr(K, name).arg_names)
         shapes = arg_names & {"C_in", "C_out", "H", "W", "H_out", "W_out", "HW_out", "KH", "KW", "KT", "TP"}
         assert shapes and shapes - set(export.DERIVED.get(name, ())) <= set(key) <= arg_names
+    module = import_file(files[arch], f"exported_tables_sm{arch}")
+    assert [(c.kwargs, c.num_warps, c.num_stages) for c in module.RESIDENT_CONFIGS] == \
+        [(c.meta, c.num_warps, c.num_stages) for c in V.RESIDENT_CONFIGS]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_rules_are_rules_py_verbatim(files, arch):
+    """The file carries triton_kernels/rules.py's constants and functions as their source
+    text, in order, and the wrapper defines none of its own under their names."""
+    text = files[arch].read_text()
+    tree = ast.parse(text)
+    source = inspect.getsource(rules)
+    carried = [n for n in tree.body if defined(n) & RULE_NAMES]
+    assert [ast.dump(n) for n in carried] == [ast.dump(n) for n in RULES.body[1:]]
+    assert [ast.get_source_segment(text, n) for n in carried] == \
+        [ast.get_source_segment(source, n) for n in RULES.body[1:]]
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -176,18 +208,18 @@ def test_modelnew_has_the_reference_constructor_and_state_dict(files, arch):
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_precision_is_the_arch_table(files, arch):
+def test_precision_is_the_arch_table(files, arch, fp32_matmul_precision):
     module = import_file(files[arch], f"exported_precision_sm{arch}")
-    assert module.dot_precision(torch.float32) == V.precisions(arch, "fp32")["accurate"]
-    assert module.dot_precision(torch.bfloat16) == V.precisions(arch, "bf16")["native"]
-    assert module.dot_precision(torch.float16) == V.precisions(arch, "fp16")["native"]
-    torch.set_float32_matmul_precision("high")
-    try:
-        assert module.dot_precision(torch.float32) == V.precisions(arch, "fp32")["tf32"]
-    finally:
-        torch.set_float32_matmul_precision("highest")
-    with pytest.raises(TypeError):
-        module.dot_precision(torch.float64)
+    for dtype in V.DTYPES:
+        for mode, precision in V.precisions(arch, dtype).items():
+            assert module.dot_precision(dtype, mode) == precision
+    for matmul, mode in (("highest", "accurate"), ("high", "tf32"), ("medium", "tf32")):
+        fp32_matmul_precision(matmul)
+        assert module._precision(torch.float32) == ("fp32", mode)
+        assert module._precision(torch.bfloat16) == ("bf16", "native")
+    with pytest.raises(TypeError, match="float64"):
+        module.conv_sigmoid_group_norm(torch.zeros(1, 1, 3, 3, dtype=torch.float64), torch.zeros(1, 1, 1, 1),
+                                       None, torch.zeros(1), torch.zeros(1), None, None, 1)
 
 
 def test_pyflakes_finds_nothing(files):
@@ -223,7 +255,7 @@ def test_generator_follows_calls_and_ignores_other_kernels():
 
 
 def test_cli_writes_the_file_and_names_the_arch(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env = fresh_env()
     r = subprocess.run([sys.executable, "-m", "fusedconv", "export", "--arch", "sm_90"],
                        capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 0, r.stderr
@@ -244,42 +276,55 @@ CASES = [
     Case(n=2, c_in=3, c_out=20, h=19, w=21, kernel=(3, 2), groups=4, stride=(1, 2), padding=(1, 0), dilation=(1, 2)),
     Case(n=1, c_in=8, c_out=32, h=13, w=11, groups=8),
 ]
+# 16 channels a group: no resident config holds one, so the default is a tiled algorithm.
+WIDE = Case(n=1, c_in=3, c_out=16, h=7, w=9, groups=1)
 
 
-def run_model(module, case, dtype=torch.float32):
+def run_model(module, case, dtype=torch.float32, algorithm=None):
+    """The file's wrapper (`algorithm`: None for its own choice) with a ModelNew's parameters
+    loaded from the reference's state_dict, against the reference."""
     ref = reference_model(case)
     model = module.ModelNew(*reference.get_init_inputs(case.c_in, case.c_out, case.kernel, case.groups))
     model.load_state_dict(ref.state_dict())
-    model.conv.stride, model.conv.padding, model.conv.dilation = case.stride, case.padding, case.dilation
     model = model.to(dtype)
     x = random_input(case).to(dtype)
+    c, gn = model.conv, model.group_norm
     with torch.no_grad():
-        out = model(x)
-    exp = expected(case, x, ref, dtype)
+        out = module.conv_sigmoid_group_norm(x, c.weight, c.bias, model.bias, model.scale, gn.weight, gn.bias,
+                                             gn.num_groups, gn.eps, case.stride, case.padding, case.dilation,
+                                             algorithm=algorithm)
+    assert_close_to_reference(out, expected(case, x, ref, dtype), dtype)
+
+
+def assert_close_to_reference(out, exp, dtype):
     tol = 1e-4 if dtype == torch.float32 else 1e-2
     assert out.dtype == dtype and out.shape == exp.shape
     torch.testing.assert_close(out.double(), exp, atol=tol, rtol=tol)
 
 
-@interpreted
-@pytest.mark.parametrize("arch", ARCHS)
-@pytest.mark.parametrize("pick", range(3))
-def test_every_config_under_the_interpreter(files, arch, pick):
-    """Autotuning needs a GPU benchmarker, so each kernel is pinned to one of its configs (an
-    autotuner with a single config runs it untimed): picks 0..2 cover every config."""
-    module = import_file(files[arch], f"exported_pinned_sm{arch}_{pick}")
-    for name in TABLES:
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+def test_the_file_as_written_runs_under_the_interpreter(files, interpreter, dtype):
+    """Unpinned, every autotuner over several configs: the interpreter has no benchmarker, so
+    nothing is timed and each kernel runs its first config. ModelNew's default (resident on a
+    small problem) and each tiled algorithm match the reference."""
+    module = import_file(files[90], f"exported_as_written_{str(dtype)[6:]}")
+    case = Case(n=1, c_in=3, c_out=8, h=9, w=11, groups=2)
+    ref = reference_model(case)
+    model = module.ModelNew(*reference.get_init_inputs(case.c_in, case.c_out, case.kernel, case.groups))
+    model.load_state_dict(ref.state_dict())
+    x = random_input(case).to(dtype)
+    with torch.no_grad():
+        assert_close_to_reference(model.to(dtype)(x), expected(case, x, ref, dtype), dtype)
+    for algorithm in ("materialize", "recompute", "channels_last"):
+        run_model(module, case, dtype, algorithm)
+    for name in AUTOTUNED:
         tuner = getattr(module, name)
-        tuner.configs = [tuner.configs[pick % len(tuner.configs)]]
-    for case in CASES:
-        run_model(module, case)
-        run_model(module, case, torch.float16)  # the channels-last sequence
+        assert len(tuner.configs) > 1 and tuner.best_config == tuner.configs[0], name
 
 
-@interpreted
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("winner", [0, 1, 2])
-def test_autotune_path_under_the_interpreter(files, dtype, winner):
+def test_autotune_path_under_the_interpreter(files, interpreter, dtype, winner):
     """The real autotune path with a stand-in benchmarker that runs each candidate twice and
     declares `winner` fastest: timing runs must leave no trace (the fp32 normalization runs in
     place), and the statistics (and, in the channels-last sequence, the normalize pass) must
@@ -290,7 +335,7 @@ def test_autotune_path_under_the_interpreter(files, dtype, winner):
         conv.configs = [triton.Config(dict(BLOCK_H=h, BLOCK_W=w, BLOCK_C=c, BLOCK_K=16, K_STEPS=k),
                                       num_warps=4, num_stages=1)
                         for h, w, c, k in ((2, 16, 16, 0), (4, 16, 32, 1), (1, 64, 64, 2))]
-    for name in TABLES:
+    for name in AUTOTUNED:
         tuner = getattr(module, name)
         order = iter(range(len(tuner.configs)))
 
@@ -300,19 +345,18 @@ def test_autotune_path_under_the_interpreter(files, dtype, winner):
             kernel_call()
             return [0.0 if i == winner % n else 1.0] * len(quantiles)
         tuner.do_bench = bench
-    run_model(module, CASES[1], dtype)
-    for name in SEQUENCES[dtype]:
+    run_model(module, CASES[1], dtype, TILED[dtype])
+    for name in SEQUENCES[TILED[dtype]]:
         tuner = getattr(module, name)
         assert tuner.best_config == tuner.configs[winner % len(tuner.configs)]
 
 
-@interpreted
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
-@pytest.mark.parametrize("case", CASES, ids=str)
-def test_triton_jit_runs_the_exported_wrapper_under_the_interpreter(monkeypatch, case, dtype):
+@pytest.mark.parametrize("case", [CASES[0], WIDE], ids=str)
+def test_triton_jit_runs_the_exported_wrapper_under_the_interpreter(monkeypatch, interpreter, case, dtype):
     """fusedconv.triton_jit (the benchmark's fusedconv-jit peer) runs the exported file with
-    the C++ runtime's configs pinned, in both launch sequences; the interpreter stands in for
-    an sm_90 GPU."""
+    the C++ runtime's configs pinned: resident on a small problem, the dtype's tiled sequence
+    where no resident config holds a group; the interpreter stands in for an sm_90 GPU."""
     from fusedconv import triton_jit
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
     ref = reference_model(case)
@@ -321,46 +365,38 @@ def test_triton_jit_runs_the_exported_wrapper_under_the_interpreter(monkeypatch,
     params = [t.detach().to(dtype) for t in (c.weight, c.bias, ref.bias, ref.scale, gn.weight, gn.bias)]
     with torch.no_grad():
         out = triton_jit.forward(x, *params, case.groups, gn.eps, case.stride, case.padding, case.dilation)
-    tol = 1e-4 if dtype == torch.float32 else 1e-2
-    assert out.dtype == dtype
-    torch.testing.assert_close(out.double(), expected(case, x, ref, dtype), atol=tol, rtol=tol)
+    assert_close_to_reference(out, expected(case, x, ref, dtype), dtype)
 
 
-def test_exported_algorithm_rule_is_the_ops(files):
-    """The standalone file cannot import fusedconv, so it carries its own copy of the op's
-    default algorithm rule: the two agree in every mode on both sides of the 8-channel limit."""
-    module = import_file(files[90], "exported_rule")
-    previous = torch.get_float32_matmul_precision()
-    try:
-        for dtype, mode, precision in ((torch.float32, "accurate", "highest"), (torch.float32, "tf32", "high"),
-                                       (torch.float16, "native", "highest"), (torch.bfloat16, "native", "highest")):
-            torch.set_float32_matmul_precision(precision)
-            for c_in in range(1, 21):
-                assert module.algorithm(dtype, c_in) == torch.ops.fusedconv._default_algorithm(mode, c_in), \
-                    (dtype, precision, c_in)
-    finally:
-        torch.set_float32_matmul_precision(previous)
+def test_the_ops_rule_functions_are_rules_py():
+    """The op keeps two schema functions for its rules (`_default_algorithm`, `_conv_config`),
+    generated from rules.py: they agree with it over every mode, both sides of each threshold."""
     rule = torch.ops.fusedconv._default_algorithm
-    assert [rule("native", 8), rule("native", 9), rule("tf32", 8), rule("tf32", 64), rule("accurate", 3)] == \
-        ["channels_last", "materialize", "channels_last", "materialize", "materialize"]
+    for mode in rules.MODES:
+        for c_in in range(1, 21):
+            assert rule(mode, c_in) == rules.default_algorithm(mode, c_in), (mode, c_in)
+    for c_out in (1, 15, 16, 17, 31, 32, 33, 63, 64, 65, 128):
+        for w_out in (1, 95, 96, 97, 191, 192, 193, 256):
+            for channels_last in (False, True):
+                assert torch.ops.fusedconv._conv_config(c_out, w_out, channels_last) == \
+                    rules.conv_config(c_out, w_out, channels_last), (c_out, w_out, channels_last)
     with pytest.raises(ValueError, match="mode must be"):
         rule("fp16", 8)
     with pytest.raises(ValueError, match="c_in must be positive"):
         rule("native", 0)
 
 
-@interpreted
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
-def test_more_than_8_input_channels_run_materialize_under_the_interpreter(files, dtype):
+def test_more_than_8_input_channels_run_materialize_under_the_interpreter(files, interpreter, dtype):
     """16-bit inputs with two chunks of input channels take the materialize sequence (fp32
     values through group_norm_apply_kernel), not channels_last, and match the reference."""
     module = import_file(files[90], f"exported_wide_{str(dtype)[6:]}")
-    for name in TABLES:
+    for name in AUTOTUNED:
         tuner = getattr(module, name)
         tuner.configs = tuner.configs[-1:]  # the small fallbacks, run untimed
-    run_model(module, Case(n=1, c_in=9, c_out=16, h=7, w=9, groups=4, padding=(1, 1)), dtype)
-    ran = {name for name in TABLES if hasattr(getattr(module, name), "best_config")}
-    assert ran == set(SEQUENCES[torch.float32]), ran
+    run_model(module, replace(WIDE, c_in=9, padding=(1, 1)), dtype)
+    ran = {name for name in AUTOTUNED if hasattr(getattr(module, name), "best_config")}
+    assert ran == set(SEQUENCES["materialize"]), ran
 
 
 # --- CUDA, in fresh processes (conftest's TRITON_INTERPRET stays out of them) -----------------
@@ -416,10 +452,6 @@ CUDA_SHAPES = [
     (3, 8, 32, 37, 53, 3, 8, "float16"),
     (3, 8, 32, 37, 53, 3, 8, "bfloat16"),
 ]
-
-
-def fresh_env():
-    return {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
 
 
 @cuda

@@ -1,63 +1,31 @@
-"""Every bare @triton.jit kernel under TRITON_INTERPRET=1 on small CPU tensors, for every
-variant the build ships (config x dtype x precision over both archs), against the float64
-reference. Checks the kernels' index math, masking and statistics without a GPU; codegen,
-races and TF32 rounding stay with the CUDA tests."""
-import os
-
+"""Every @triton.jit kernel under TRITON_INTERPRET=1 on small CPU tensors, for every variant the
+build ships (config x dtype x precision over both archs, each flavour), against the float64
+reference, launched by the one Python launch sequence: the exported file's wrapper
+(export_wrapper.py, loaded through fusedconv.export.load with each kernel's autotuner pinned to
+one config, which an autotuner with a single config runs untimed). Every buffer it allocates is
+NaN-poisoned, so an element no kernel writes shows, and its steps' outputs are checked as they
+run. Checks the kernels' index math, masking and statistics and the wrapper's choices without a
+GPU; codegen, races and TF32 rounding stay with the CUDA tests."""
 import pytest
 import torch
 
-from helpers import Case, assert_matches, expected, fused_model, output_size, random_input, reference_model
+from helpers import (DTYPES, Case, assert_matches, expected, forward_args, fused_model, output_size, random_input,
+                     reference_model)
 
-pytestmark = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
-                                reason="TRITON_INTERPRET=1 must be set before Triton is imported")
+pytestmark = pytest.mark.usefixtures("interpreter")
 
 triton = pytest.importorskip("triton")
-from fusedconv.triton_kernels import conv_sigmoid_groupnorm as K  # noqa: E402
+from triton.runtime.autotuner import Autotuner, Heuristics  # noqa: E402
+
+from fusedconv import export  # noqa: E402
+from fusedconv.triton_kernels import rules  # noqa: E402
 from fusedconv.triton_kernels import variants as V  # noqa: E402
-
-
-@pytest.fixture(autouse=True)
-def interpreter_fixes(monkeypatch):
-    """Two Triton 3.6 interpreter bugs, mended here so the kernels can be tested as written.
-
-    1. It turns a scalar into an int with int(np.array([v])), which NumPy >= 2.4 refuses, so
-       any range() over a runtime bound fails; read the one element instead.
-    2. It hands bf16 operands to np.matmul as their raw 16-bit patterns
-    (numpy has no bf16), so every bf16 tl.dot comes out as garbage. Widen them to the fp32
-    values they encode first (exact: bf16 is fp32's top half), as the GPU's MMA does."""
-    import numpy as np
-    from triton.runtime import interpreter
-
-    original = interpreter.InterpreterBuilder.create_dot
-
-    def widen(h):
-        if h.dtype.scalar == triton.language.bfloat16:
-            bits = h.data.astype(np.uint16).astype(np.uint32) << 16
-            return interpreter.TensorHandle(bits.view(np.float32), triton.language.float32)
-        return h
-
-    def create_dot(self, a, b, d, input_precision, max_num_imprecise_acc):
-        return original(self, widen(a), widen(b), d, input_precision, max_num_imprecise_acc)
-
-    monkeypatch.setattr(interpreter.InterpreterBuilder, "create_dot", create_dot)
-
-    patch_tensor = interpreter._patch_lang_tensor
-
-    def patch_tensor_with_scalar_index(tensor, scope):
-        patch_tensor(tensor, scope)
-        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
-
-    monkeypatch.setattr(interpreter, "_patch_lang_tensor", patch_tensor_with_scalar_index)
-
-
-TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 # Ragged everywhere: output rows and columns not multiples of any tile's, C_out not a multiple
 # of BLOCK_C, groups straddling channel blocks, padding, stride, dilation, a rectangular kernel;
 # K = 81 and 90, more than the unrolled K steps of any config, so their runtime remainder runs
-# too. The unpadded 3 x 3 cases with column dilation 1 run the kernels' TAPS = 3 flavour
-# (row stride and dilation included), the others TAPS = 0.
+# too. The unpadded 3 x 3 cases run the kernels' TAPS = 3 flavour (the NCHW ones only with
+# column dilation 1, row stride and dilation included), the others TAPS = 0.
 CASES = [
     Case(n=2, c_in=3, c_out=20, h=19, w=21, kernel=(3, 2), groups=4, stride=(1, 2), padding=(1, 0), dilation=(1, 2)),
     Case(n=1, c_in=5, c_out=6, h=9, w=7, kernel=(1, 1), groups=6),
@@ -69,170 +37,159 @@ CASES = [
     # == 0, one channel block in every config), with a ragged last column tile.
     Case(n=2, c_in=7, c_out=16, h=6, w=133, groups=4),
 ]
-
-
-def taps(case):
-    """The conv kernels' flavour the runtime picks for a case (csrc/forward_cuda.cpp; the
-    inputs here are contiguous, so x's columns are adjacent)."""
-    return 3 if case.kernel == (3, 3) and case.padding == (0, 0) and case.dilation[1] == 1 else 0
-
-
-def cl_taps(case):
-    """The channels-last conv kernels' flavour: TAPS = 3 needs only an unpadded 3 x 3 kernel
-    (the workspace is theirs, so x's own strides do not matter)."""
-    return 3 if case.kernel == (3, 3) and case.padding == (0, 0) else 0
-
-
-def cl_unit(case, conv_cfg):
-    """Whether the runtime picks the channels-last unit flavour (csrc/forward_cuda.cpp; the
-    tests' tensors are all 16-byte aligned)."""
-    return (cl_taps(case) == 3 and case.c_in <= 8 and case.stride == (1, 1) and case.dilation == (1, 1)
-            and case.c_out % 16 == 0 and case.c_out <= conv_cfg.meta["BLOCK_C"])
-
-
-def tiling(cfg, h_out, w_out):
-    """(tile rows, tile columns) of a conv config on an output size."""
-    return -(-h_out // cfg.meta["BLOCK_H"]), -(-w_out // cfg.meta["BLOCK_W"])
+TILED = ("materialize", "recompute", "channels_last")
+# The first config of each table unless a test names another (export.pinned's names).
+FIRST = dict(conv=V.CONV_CONFIGS[0].name, group_stats=V.GROUP_STATS_CONFIGS[0].name, apply=V.APPLY_CONFIGS[0].name,
+             copy=V.TRANSPOSE_CONFIGS[0].name, pack=V.PACK_CONFIGS[0].name)
 
 
 def conv_variants():
-    """(dtype, precision, config) over every arch's conv variants, each once."""
+    """(arch, variant) over every arch's conv variants, each (dtype, precision, config) once."""
     seen = {}
     for arch in (89, 90):
         for v in V.variants(arch):
             if v.kernel == "conv_stats":
-                seen[(v.dtype, v.precision, v.config.name)] = v
+                seen.setdefault((v.dtype, v.precision, v.config.name), (arch, v))
     return list(seen.values())
 
 
-def setup(case, dtype_name):
-    """dtype, reference model, fused model and input in that dtype, flat weight, output size."""
-    dtype = TORCH_DTYPES[dtype_name]
-    ref = reference_model(case)
-    model = fused_model(case, ref).to(dtype)
-    x = random_input(case).to(dtype)
-    w = model.conv.weight.detach().reshape(case.c_out, -1).contiguous()
-    h_out, w_out = output_size(case)
-    return dtype, ref, model, x, w, h_out, w_out
-
-
-def run_pipeline(case, dtype_name, precision, conv_cfg, stats_cfg, algorithm, apply_cfg=V.APPLY_CONFIGS[0]):
-    """The launches the C++ runtime makes for `algorithm`, on poisoned buffers."""
-    if algorithm == "channels_last":
-        return run_channels_last(case, dtype_name, precision, conv_cfg, stats_cfg)
-    dtype, ref, model, x, w, h_out, w_out = setup(case, dtype_name)
-    conv, gn = model.conv, model.group_norm
-    c_out, g = case.c_out, case.groups
-    hw = h_out * w_out
-    th, tw = tiling(conv_cfg, h_out, w_out)
-    tiles, cblocks = th * tw, -(-c_out // conv_cfg.meta["BLOCK_C"])
-    nan = float("nan")
-    part_mean = torch.full((case.n, c_out, tiles), nan)
-    part_m2 = torch.full((case.n, c_out, tiles), nan)
-    stats = torch.full((case.n, g, 2), nan)
-    values = torch.full((case.n, c_out, h_out, w_out), nan)
-    y = torch.full((case.n, c_out, h_out, w_out), nan, dtype=dtype)
-    geometry = (c_out, case.h, case.w, h_out, w_out, *case.kernel, w.shape[1], *x.stride(),
-                *case.stride, *case.padding, *case.dilation, th, tw, cblocks, 1)
-    meta = dict(conv_cfg.meta, PRECISION=precision, TAPS=taps(case))
-    p = lambda t: t.detach().reshape(-1)  # noqa: E731
-    store = algorithm == "materialize"
-    K.conv_stats_kernel[(case.n * tiles * cblocks,)](
-        x, w, p(conv.bias), p(model.bias), p(model.scale), part_mean, part_m2, values, *geometry,
-        STORE_V=store, **meta)
-    assert torch.isfinite(part_mean).all() and (part_m2 >= 0).all()
-    assert torch.isfinite(values).all() == store, "values written exactly when STORE_V"
-    K.group_stats_kernel[(case.n * g,)](part_mean, part_m2, stats, c_out // g, h_out, w_out, th, tw,
-                                        conv_cfg.meta["BLOCK_H"], conv_cfg.meta["BLOCK_W"],
-                                        gn.eps, **stats_cfg.meta)
+def _partials_and_stats(stats, part_mean, part_m2, *_):
+    assert torch.isfinite(part_mean).all() and (part_m2 >= 0).all(), "a tile's partials unwritten, or M2 < 0"
     assert torch.isfinite(stats).all() and (stats[..., 1] > 0).all()
-    if store:
-        blocks = -(-hw // apply_cfg.meta["BLOCK"])
-        K.group_norm_apply_kernel[(case.n * c_out * blocks,)](
-            values, stats, p(gn.weight), p(gn.bias), y, c_out, hw, g, c_out // g, blocks, 1, 1,
-            **apply_cfg.meta)
-    else:
-        K.conv_norm_kernel[(case.n * tiles * cblocks,)](
-            x, w, p(conv.bias), p(model.bias), p(model.scale), p(gn.weight), p(gn.bias), stats, y,
-            *geometry, g, c_out // g, 1, 1, **meta)
-    return assert_matches(y, expected(case, x, ref, dtype), dtype)
 
 
-def run_channels_last(case, dtype_name, precision, conv_cfg, stats_cfg,
-                      tcfg=V.TRANSPOSE_CONFIGS[0], pcfg=V.PACK_CONFIGS[0]):
-    """The channels-last sequence: copy x and pack the weight (into NaN-poisoned workspaces, so
-    an unwritten padding channel or tap shows), conv + statistics, merge, conv + normalize.
-    `conv_cfg` names the config; the channels-last kernels' sizes of that name run."""
-    conv_cfg = next(c for c in V.KERNELS["conv_cl_stats"].configs_for(dtype_name) if c.name == conv_cfg.name)
-    dtype, ref, model, x, w, h_out, w_out = setup(case, dtype_name)
-    conv, gn = model.conv, model.group_norm
-    c_out, g = case.c_out, case.groups
-    chunks, taps_ = -(-case.c_in // 8), case.kernel[0] * case.kernel[1]
-    tp = taps_ + taps_ % 2
-    nan = float("nan")
-    xt = torch.full((case.n, case.h, case.w, 8 * chunks), nan, dtype=dtype)
-    wk = torch.full((c_out, chunks, tp, 8), nan, dtype=dtype)
-    w_blocks = -(-case.w // tcfg.meta["BLOCK"])
-    K.to_channels_last_kernel[(case.n * case.h * w_blocks,)](
-        x, xt, case.c_in, case.h, case.w, *x.stride(), chunks, w_blocks, **tcfg.meta)
-    assert torch.equal(xt[..., :case.c_in], x.permute(0, 2, 3, 1)) and (xt[..., case.c_in:] == 0).all()
-    K.pack_weight_kernel[(c_out * chunks,)](w, wk, case.c_in, taps_, tp, chunks, **pcfg.meta)
-    assert torch.isfinite(wk).all()
-    th, tw = tiling(conv_cfg, h_out, w_out)
-    tiles, cblocks = th * tw, -(-c_out // conv_cfg.meta["BLOCK_C"])
-    part_mean = torch.full((case.n, c_out, tiles), nan)
-    part_m2 = torch.full((case.n, c_out, tiles), nan)
-    stats = torch.full((case.n, g, 2), nan)
-    y = torch.full((case.n, c_out, h_out, w_out), nan, dtype=dtype)
-    geometry = (c_out, case.h, case.w, h_out, w_out, *case.kernel, chunks,
-                *case.stride, *case.padding, *case.dilation, th, tw, cblocks, 1)
-    meta = dict(conv_cfg.meta, PRECISION=precision, TAPS=cl_taps(case), UNIT=cl_unit(case, conv_cfg))
-    p = lambda t: t.detach().reshape(-1)  # noqa: E731
-    K.conv_cl_stats_kernel[(case.n * tiles * cblocks,)](
-        xt, wk, p(conv.bias), p(model.bias), p(model.scale), part_mean, part_m2, *geometry, **meta)
-    assert torch.isfinite(part_mean).all() and (part_m2 >= 0).all()
-    K.group_stats_kernel[(case.n * g,)](part_mean, part_m2, stats, c_out // g, h_out, w_out, th, tw,
-                                        conv_cfg.meta["BLOCK_H"], conv_cfg.meta["BLOCK_W"],
-                                        gn.eps, **stats_cfg.meta)
-    K.conv_cl_norm_kernel[(case.n * tiles * cblocks,)](
-        xt, wk, p(conv.bias), p(model.bias), p(model.scale), p(gn.weight), p(gn.bias), stats, y,
-        *geometry, g, c_out // g, 1, 1, **meta)
-    return assert_matches(y, expected(case, x, ref, dtype), dtype)
+def _values(_, values, *__):
+    assert torch.isfinite(values).all(), "materialize left values unwritten"
 
 
-@pytest.mark.parametrize("algorithm", ["materialize", "recompute", "channels_last"])
+def _copy(xt, x, _chunks):
+    c_in = x.shape[1]
+    assert torch.equal(xt[..., :c_in], x.permute(0, 2, 3, 1)) and (xt[..., c_in:] == 0).all()
+
+
+def _packed(wt, *_):
+    assert torch.isfinite(wt).all(), "a packed tap or padding channel unwritten"
+
+
+# The wrapper's steps and what their outputs must be, checked after each call: check(output, *arguments).
+CHECKS = {"_group_stats": _partials_and_stats, "_apply": _values, "_to_channels_last": _copy,
+          "_packed_weight": _packed}
+
+
+def _checked(step, check):
+    def run(*args):
+        out = step(*args)
+        check(out, *args)
+        return out
+    return run
+
+
+def _recording(launches, name, run):
+    def recorded(*args, **kwargs):
+        launches.append((name, kwargs))
+        return run(*args, **kwargs)
+    return recorded
+
+
+@pytest.fixture
+def wrapper(monkeypatch, fp32_matmul_precision):
+    """wrapper(arch, dtype, mode="accurate", checks=True, **configs) -> (module, launches): the
+    exported file for `arch` with each kernel pinned to the build's config named in `configs`
+    (export.pinned's names; FIRST otherwise; resident: every config, the wrapper picks), fp32 in
+    precision `mode`, every buffer NaN, each step checked (CHECKS). `launches` gets (kernel,
+    keyword arguments) of each launch as the bare jit function sees it, after the autotuner and
+    heuristics have added theirs."""
+    def load(arch, dtype, mode="accurate", checks=True, **configs):
+        fp32_matmul_precision("high" if mode == "tf32" else "highest")
+        module = export.load(arch, export.pinned(dtype, **{**FIRST, **configs}))
+        monkeypatch.setattr(module, "_empty", lambda *shape, device, dtype: torch.full(shape, float("nan"),
+                                                                                      device=device, dtype=dtype))
+        for step, check in CHECKS.items() if checks else ():
+            monkeypatch.setattr(module, step, _checked(getattr(module, step), check))
+        launches = []
+        for name, kernel in list(vars(module).items()):
+            if name.endswith("_kernel"):
+                while isinstance(kernel, (Autotuner, Heuristics)):
+                    kernel = kernel.fn
+                monkeypatch.setattr(kernel, "run", _recording(launches, name, kernel.run))
+        return module, launches
+    return load
+
+
+def run(module, case, dtype, algorithm):
+    """The wrapper's `algorithm` (None: its own choice) on a case, against the reference."""
+    dt = DTYPES[dtype]
+    ref = reference_model(case)
+    model = fused_model(case, ref).to(dt)
+    x = random_input(case).to(dt)
+    with torch.no_grad():
+        out = module.conv_sigmoid_group_norm(*forward_args(model, x), algorithm=algorithm)
+    return assert_matches(out, expected(case, x, ref, dt), dt)
+
+
+def flavours(launches):
+    return {(name, kw["TAPS"], kw.get("UNIT")) for name, kw in launches if "TAPS" in kw}
+
+
+def predicted(case, algorithm, cfg):
+    """The conv launches' (kernel, TAPS, UNIT) the rules pick for a case (its tensors are
+    contiguous and 16-byte aligned) at a conv config."""
+    kh, kw = case.kernel
+    if algorithm == "channels_last":
+        taps = rules.channels_last_taps(kh, kw, *case.padding)
+        unit = rules.channels_last_unit(taps, -(-case.c_in // 8), -(-case.c_out // cfg.meta["BLOCK_C"]), case.c_out,
+                                        True, *case.stride, *case.dilation)
+        return {("conv_cl_stats_kernel", taps, unit), ("conv_cl_norm_kernel", taps, unit)}
+    taps = rules.conv_taps(kh, kw, *case.padding, case.dilation[1], 1)
+    return {(name, taps, None) for name in ("conv_stats_kernel", "conv_norm_kernel")[:1 + (algorithm == "recompute")]}
+
+
+@pytest.mark.parametrize("algorithm", TILED)
 @pytest.mark.parametrize("case", CASES, ids=str)
-@pytest.mark.parametrize("variant", conv_variants(), ids=lambda v: f"{v.dtype}-{v.precision}-{v.config.name}")
-def test_conv_variants(case, variant, algorithm):
-    run_pipeline(case, variant.dtype, variant.precision, variant.config, V.GROUP_STATS_CONFIGS[0], algorithm)
+@pytest.mark.parametrize("arch_variant", conv_variants(),
+                         ids=lambda av: f"{av[1].dtype}-{av[1].precision}-{av[1].config.name}")
+def test_conv_variants(wrapper, arch_variant, case, algorithm):
+    arch, variant = arch_variant
+    module, launches = wrapper(arch, variant.dtype, variant.mode, conv=variant.config.name)
+    run(module, case, variant.dtype, algorithm)
+    assert flavours(launches) == predicted(case, algorithm, variant.config)
+    assert {kw["PRECISION"] for _, kw in launches if "PRECISION" in kw} == {variant.precision}
 
 
-@pytest.mark.parametrize("dtype", list(TORCH_DTYPES))
-@pytest.mark.parametrize("tcfg,pcfg", list(zip(V.TRANSPOSE_CONFIGS, V.PACK_CONFIGS)), ids=lambda c: c.name)
-def test_channels_last_copy_and_pack_configs(tcfg, pcfg, dtype):
+def test_cases_cover_every_conv_flavour():
+    """The rules pick every flavour the build ships for some case above: TAPS 0 and 3 in both
+    layouts, and the channels-last UNIT flavour under every config."""
+    for algorithm in ("recompute", "channels_last"):
+        assert {taps for case in CASES for _, taps, _ in predicted(case, algorithm, V.CONV_CONFIGS[0])} == {0, 3}
+    for cfg in V.CONV_CONFIGS:
+        assert any(unit for case in CASES for _, _, unit in predicted(case, "channels_last", cfg)), cfg.name
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES))
+@pytest.mark.parametrize("copy,pack", list(zip(V.TRANSPOSE_CONFIGS, V.PACK_CONFIGS)), ids=lambda c: c.name)
+def test_channels_last_copy_and_pack_configs(wrapper, copy, pack, dtype):
     # Rows longer than one copy block, C_in past one chunk, 25 taps (more than a pack block).
     case = Case(n=1, c_in=11, c_out=8, h=5, w=270, kernel=(5, 5), groups=2, padding=(2, 1))
-    run_channels_last(case, dtype, "ieee" if dtype == "fp32" else "tf32", V.CONV_CONFIGS[-1],
-                      V.GROUP_STATS_CONFIGS[0], tcfg, pcfg)
+    module, _ = wrapper(89, dtype, conv=V.CONV_CONFIGS[-1].name, copy=copy.name, pack=pack.name)
+    run(module, case, dtype, "channels_last")
 
 
 @pytest.mark.parametrize("stats_cfg", V.GROUP_STATS_CONFIGS, ids=lambda c: c.name)
-def test_group_stats_configs(stats_cfg):
+def test_group_stats_configs(wrapper, stats_cfg):
     # Many tiles per group, so the merge loops more than once with BLOCK=64.
-    case = Case(n=1, c_in=2, c_out=8, h=40, w=40, groups=2)
-    run_pipeline(case, "fp32", "ieee", V.CONV_CONFIGS[-1], stats_cfg, "recompute")
+    module, _ = wrapper(89, "fp32", conv=V.CONV_CONFIGS[-1].name, group_stats=stats_cfg.name)
+    run(module, Case(n=1, c_in=2, c_out=8, h=40, w=40, groups=2), "fp32", "recompute")
 
 
-@pytest.mark.parametrize("dtype", list(TORCH_DTYPES))
+@pytest.mark.parametrize("dtype", list(DTYPES))
 @pytest.mark.parametrize("apply_cfg", V.APPLY_CONFIGS, ids=lambda c: c.name)
-def test_group_norm_apply_configs(apply_cfg, dtype):
+def test_group_norm_apply_configs(wrapper, apply_cfg, dtype):
     # Rows longer than one block, with a ragged last block.
-    case = Case(n=2, c_in=2, c_out=6, h=33, w=29, groups=3)
-    run_pipeline(case, dtype, "ieee" if dtype == "fp32" else "tf32", V.CONV_CONFIGS[-1],
-                 V.GROUP_STATS_CONFIGS[0], "materialize", apply_cfg)
+    module, _ = wrapper(89, dtype, conv=V.CONV_CONFIGS[-1].name, apply=apply_cfg.name)
+    run(module, Case(n=2, c_in=2, c_out=6, h=33, w=29, groups=3), dtype, "materialize")
 
 
-def test_group_stats_tiny_variance_next_to_a_large_mean():
+def test_group_stats_tiny_variance_next_to_a_large_mean(wrapper):
     """Chan's merge stays exact where sum(v^2) - sum(v)^2/n would cancel: 1000 + tiny noise,
     over 2 x 4 tiles of 4 x 16 positions whose last row and column of tiles are ragged."""
     torch.manual_seed(0)
@@ -243,22 +200,27 @@ def test_group_stats_tiny_variance_next_to_a_large_mean():
               for i in range(num_th) for j in range(num_tw)]
     mean = torch.stack([c.mean(-1) for c in chunks], -1).float()
     m2 = torch.stack([((c - c.mean(-1, keepdim=True)) ** 2).sum(-1) for c in chunks], -1).float()
-    stats = torch.full((1, 1, 2), float("nan"))
-    K.group_stats_kernel[(1,)](mean.contiguous(), m2.contiguous(), stats, cpg, h_out, w_out, num_th, num_tw,
-                               th_, tw_, 0.0, BLOCK=64)
+    module, _ = wrapper(89, "fp32", checks=False, group_stats="b64")
+    stats = module._group_stats(mean.contiguous(), m2.contiguous(), 1, 1, cpg, h_out, w_out, th_, tw_, 0.0)
     var = vals.var(unbiased=False).item()
     assert abs(stats[0, 0, 0].item() - vals.mean().item()) < 1e-3
     assert stats[0, 0, 1].item() == pytest.approx(var ** -0.5, rel=1e-3)
 
 
+# (arch, mode) that run each fp32 tl.dot precision.
+PRECISIONS = {"ieee": (89, "accurate"), "tf32x3_split": (90, "accurate"), "tf32": (90, "tf32")}
+
+
 @pytest.mark.parametrize("cfg", [V.CONV_CONFIGS[0], V.CONV_CONFIGS[-1]], ids=lambda c: c.name)
 @pytest.mark.parametrize("flavour", [0, 3])
 @pytest.mark.parametrize("special", ["inf", "nan"])
-@pytest.mark.parametrize("precision", ["ieee", "tf32x3_split", "tf32"])
-def test_non_finite_inputs_match_the_reference(precision, special, flavour, cfg):
+@pytest.mark.parametrize("precision", list(PRECISIONS))
+def test_non_finite_inputs_match_the_reference(wrapper, precision, special, flavour, cfg):
     """x = +-inf makes the conv +-inf, and sigmoid maps that to 0 or 1: the reference stays
     finite, and a precision split that computes inf - inf would make the group NaN. A NaN
-    makes its whole (sample, group) NaN through the statistics, in the reference too."""
+    makes its whole (sample, group) NaN through the statistics, in the reference too. The
+    materialize sequence at conv config `cfg` (with K_STEPS > 0, the unrolled K steps run;
+    with 0, the runtime loop)."""
     case = Case(n=1, c_in=2, c_out=4, h=9, w=9, groups=2)
     ref = reference_model(case)
     model = fused_model(case, ref)
@@ -268,36 +230,17 @@ def test_non_finite_inputs_match_the_reference(precision, special, flavour, cfg)
     x = random_input(case)
     x[0, 0, 4, 4] = float(special)
     x[0, 1, 1, 7] = -float(special)
+    if flavour == 0:  # x's columns 2 elements apart: the rules pick TAPS = 0
+        x = torch.zeros(*x.shape[:3], 2 * x.shape[3])[..., ::2].copy_(x)
     with torch.no_grad():
         exp = ref.double()(x.double())
     assert torch.isfinite(exp).all() == (special == "inf")
-    out = run_conv_only(model, x, case, precision, flavour, cfg)
+    arch, mode = PRECISIONS[precision]
+    module, launches = wrapper(arch, "fp32", mode, checks=False, conv=cfg.name, group_stats="b64", apply="b256")
+    with torch.no_grad():
+        out = module.conv_sigmoid_group_norm(*forward_args(model, x), algorithm="materialize")
+    assert flavours(launches) == {("conv_stats_kernel", flavour, None)}
     torch.testing.assert_close(out, exp.float(), atol=1e-4, rtol=1e-4, equal_nan=True)
-
-
-def run_conv_only(model, x, case, precision, flavour, cfg):
-    """The materialize pipeline for fp32 at conv config `cfg` (with K_STEPS > 0, the unrolled
-    K steps run; with 0, the runtime loop), with the conv kernels' TAPS = `flavour`."""
-    conv, gn = model.conv, model.group_norm
-    w = conv.weight.detach().reshape(case.c_out, -1).contiguous()
-    h_out, w_out = case.h - case.kernel[0] + 1, case.w - case.kernel[1] + 1
-    hw, g = h_out * w_out, case.groups
-    th, tw = tiling(cfg, h_out, w_out)
-    tiles, cblocks = th * tw, -(-case.c_out // cfg.meta["BLOCK_C"])
-    part = [torch.full((case.n, case.c_out, tiles), float("nan")) for _ in range(2)]
-    stats = torch.full((case.n, g, 2), float("nan"))
-    y = torch.full((case.n, case.c_out, h_out, w_out), float("nan"))
-    p = lambda t: t.detach().reshape(-1)  # noqa: E731
-    K.conv_stats_kernel[(case.n * tiles * cblocks,)](
-        x, w, p(conv.bias), p(model.bias), p(model.scale), *part, y,
-        case.c_out, case.h, case.w, h_out, w_out, *case.kernel, w.shape[1], *x.stride(), 1, 1, 0, 0, 1, 1,
-        th, tw, cblocks, 1, STORE_V=True, PRECISION=precision, TAPS=flavour, **cfg.meta)
-    K.group_stats_kernel[(case.n * g,)](*part, stats, case.c_out // g, h_out, w_out, th, tw,
-                                        cfg.meta["BLOCK_H"], cfg.meta["BLOCK_W"], gn.eps, BLOCK=64)
-    blocks = -(-hw // 256)
-    K.group_norm_apply_kernel[(case.n * case.c_out * blocks,)](
-        y, stats, p(gn.weight), p(gn.bias), y, case.c_out, hw, g, case.c_out // g, blocks, 1, 1, BLOCK=256)
-    return y
 
 
 # Shapes that fit one resident program per (sample, group): ragged positions, padding, stride,
@@ -311,24 +254,39 @@ RESIDENT_CASES = [
 ]
 
 
-def run_resident(case, dtype_name, cfg):
-    dtype, ref, model, x, w, h_out, w_out = setup(case, dtype_name)
-    conv, gn = model.conv, model.group_norm
-    cpg = case.c_out // case.groups
-    if cpg > cfg.meta["BLOCK_C"] or h_out * w_out > cfg.meta["BLOCK_M"]:
-        pytest.skip(f"{case} does not fit {cfg.name} (the launcher never picks it)")
-    y = torch.full((case.n, case.c_out, h_out, w_out), float("nan"), dtype=dtype)
-    p = lambda t: t.detach().reshape(-1)  # noqa: E731
-    K.conv_resident_kernel[(case.n * case.groups,)](
-        x, w, p(conv.bias), p(model.bias), p(model.scale), p(gn.weight), p(gn.bias), y,
-        case.c_out, case.h, case.w, w_out, h_out * w_out, *case.kernel, w.shape[1], *x.stride(),
-        *case.stride, *case.padding, *case.dilation, 1, case.groups, cpg, 1, 1, gn.eps, TAPS=taps(case),
-        **cfg.meta)
-    return assert_matches(y, expected(case, x, ref, dtype), dtype)
+def fits(case, cfg):
+    h_out, w_out = output_size(case)
+    return rules.resident_fits(cfg.meta["BLOCK_C"], cfg.meta["BLOCK_M"], case.c_out // case.groups, h_out * w_out)
 
 
-@pytest.mark.parametrize("dtype", list(TORCH_DTYPES))
+@pytest.mark.parametrize("dtype", list(DTYPES))
 @pytest.mark.parametrize("case", RESIDENT_CASES, ids=str)
 @pytest.mark.parametrize("cfg", V.RESIDENT_CONFIGS, ids=lambda c: c.name)
-def test_resident_kernel(cfg, case, dtype):
-    run_resident(case, dtype, cfg)
+def test_resident_kernel(wrapper, cfg, case, dtype):
+    if not fits(case, cfg):
+        pytest.skip(f"{case} does not fit {cfg.name} (the launcher never picks it)")
+    module, launches = wrapper(89, dtype, resident=cfg.name)
+    run(module, case, dtype, "resident")
+    assert flavours(launches) == {("conv_resident_kernel", rules.conv_taps(*case.kernel, *case.padding,
+                                                                            case.dilation[1], 1), None)}
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "fp16"])
+def test_default_algorithm_is_the_ops(wrapper, dtype):
+    """Without `algorithm` the wrapper chooses as the op does: resident for a small problem,
+    at the smallest config that holds a group; where none holds one (16 channels a group),
+    default_algorithm's choice. A forced resident run that no config holds is a ValueError."""
+    module, launches = wrapper(89, dtype)
+    small = Case(n=1, c_in=3, c_out=8, h=11, w=13, groups=2)
+    run(module, small, dtype, None)
+    smallest = min((c for c in V.RESIDENT_CONFIGS if fits(small, c)),
+                   key=lambda c: c.meta["BLOCK_C"] * c.meta["BLOCK_M"])
+    assert [(name, kw["BLOCK_M"], kw["BLOCK_C"]) for name, kw in launches] == \
+        [("conv_resident_kernel", smallest.meta["BLOCK_M"], smallest.meta["BLOCK_C"])]
+    launches.clear()
+    wide = Case(n=1, c_in=3, c_out=16, h=7, w=9, groups=1)
+    run(module, wide, dtype, None)
+    tiled = {"materialize": "conv_stats_kernel", "channels_last": "conv_cl_stats_kernel"}
+    assert tiled[rules.default_algorithm("accurate" if dtype == "fp32" else "native", 3)] in {n for n, _ in launches}
+    with pytest.raises(ValueError, match="resident algorithm needs a group"):
+        run(module, wide, dtype, "resident")

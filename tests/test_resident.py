@@ -6,6 +6,7 @@ import torch
 
 import fusedconv
 from helpers import DTYPES, Case, assert_matches, output_size, poison_cuda_allocator, prepared
+from fusedconv.triton_kernels import rules
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -19,7 +20,7 @@ FITTING_CASES = [
 def fits(case, cfg):
     channels, positions = fusedconv.resident_configs()[cfg]
     h_out, w_out = output_size(case)
-    return case.c_out // case.groups <= channels and h_out * w_out <= positions
+    return rules.resident_fits(channels, positions, case.c_out // case.groups, h_out * w_out)
 
 
 @pytest.mark.parametrize("dtype", list(DTYPES))

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import fresh_env
+
 TESTS = Path(__file__).resolve().parent
 SANITIZER = shutil.which("compute-sanitizer")
 
@@ -35,9 +37,7 @@ CLEAN = {
 @pytest.mark.parametrize("images", ["native", "ptx89"])
 @pytest.mark.parametrize("tool", list(CLEAN))
 def test_sanitizer_reports_no_errors(tool, images):
-    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "FUSEDCONV_FORCE_PTX")}
-    env["PYTORCH_NO_CUDA_MEMORY_CACHING"] = "1"
-    env["PYTHONPATH"] = os.pathsep.join([str(TESTS)] + [p for p in [env.get("PYTHONPATH")] if p])
+    env = fresh_env("FUSEDCONV_FORCE_PTX", tests_on_path=True, PYTORCH_NO_CUDA_MEMORY_CACHING="1")
     env["SANITIZE_CONFIGS"] = "all" if tool in ("memcheck", "initcheck") else "heuristic"
     if images == "ptx89":
         env["FUSEDCONV_FORCE_PTX"] = "89"

@@ -71,6 +71,12 @@ def default_algorithm(mode: str, c_in: int) -> str:
     return "channels_last"
 
 
+def resident_fits(block_c: int, block_m: int, channels_per_group: int, hw_out: int) -> bool:
+    """Whether a resident config of BLOCK_C channels x BLOCK_M positions holds a whole group;
+    the runtime takes the smallest config that does."""
+    return block_c >= channels_per_group and block_m >= hw_out
+
+
 def resident_by_default(programs: int, macs: int) -> bool:
     """Whether a problem whose groups fit a resident config takes it: programs is N x groups,
     macs N x C_out x H_out x W_out x C_in x KH x KW."""

@@ -8,7 +8,7 @@ that every name it returns is in the table it picks from.
 from dataclasses import dataclass
 
 from . import conv_sigmoid_groupnorm as k
-from . import rules
+from . import rules  # noqa: F401 (the build reads the algorithm names through this module)
 
 
 @dataclass(frozen=True)

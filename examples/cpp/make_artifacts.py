@@ -8,7 +8,6 @@ torch.ops.fusedconv.forward, an input, and the reference model's output on that 
     OUT_DIR/expected.pt   torch.save of the reference Model's output, computed in float64
 """
 import argparse
-import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -18,6 +17,7 @@ import torch
 from torch import nn
 
 import fusedconv
+from fusedconv import bench
 
 REFERENCE = Path(__file__).resolve().parents[3] / "shared" / "reference.py"
 C_IN, C_OUT, KERNEL, GROUPS = 8, 32, 3, 8
@@ -60,14 +60,11 @@ class ScriptableFusedConv(nn.Module):
 
 
 def load_reference(path=None):
-    """reference.py from `path`, else $FUSEDCONV_REFERENCE, else ../shared beside the checkout."""
-    path = Path(path or os.environ.get("FUSEDCONV_REFERENCE") or REFERENCE)
-    if not path.is_file():
-        raise SystemExit(f"make_artifacts: no reference model at {path}; pass --reference")
-    spec = importlib.util.spec_from_file_location("fusedconv_reference", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """reference.py from `path`, else $FUSEDCONV_REFERENCE, else ../shared beside the checkout,
+    else where `fusedconv bench` looks (from the working directory)."""
+    if not path and not os.environ.get("FUSEDCONV_REFERENCE") and REFERENCE.is_file():
+        path = REFERENCE
+    return bench.load_reference(path)
 
 
 def build_models(reference, seed=0):

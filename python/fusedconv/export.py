@@ -6,13 +6,17 @@ The file is generated, never written by hand, from what the package ships:
   - above each launched kernel, @triton.autotune over the block configs the AOT build ships
     (variants.KERNELS), keyed on every runtime argument, plus @triton.heuristics for the
     arguments that depend on the chosen block sizes (DERIVED); FOLLOWERS run the config of
-    the kernel they follow instead;
-  - dot_precision, the arch's tl.dot precision table (variants.precisions);
+    the kernel they follow instead, and the resident kernel one of RESIDENT_CONFIGS, which
+    the wrapper picks;
+  - triton_kernels/rules.py's constants and functions (the runtime's choices), verbatim;
+  - dot_precision, the arch's tl.dot precision table (variants.precisions), and
+    RESIDENT_CONFIGS;
   - the wrapper and ModelNew of export_wrapper.py, verbatim.
 Needs neither a GPU nor the op library: only the kernel source and Triton's package.
 """
 import ast
 import atexit
+import functools
 import hashlib
 import importlib.util
 import shutil
@@ -23,27 +27,36 @@ from pathlib import Path
 import triton
 
 from .triton_kernels import conv_sigmoid_groupnorm as kernels_module
+from .triton_kernels import rules
 from .triton_kernels import variants as V
 
 ARCHS = (89, 90)
 IMPORTS = ("import torch", "import torch.nn as nn", "import triton", "import triton.language as tl")
 WRAPPER = Path(__file__).with_name("export_wrapper.py")
 
-# Kernel arguments whose value depends on the config the autotuner is trying: heuristics
-# compute them after the autotuner has added that config's constexprs, for the timing runs and
-# the real one alike (the wrapper's grid lambdas use the same formulas over META).
+# Kernel arguments whose value depends on the config a kernel runs (the one the autotuner is
+# trying, or for FOLLOWERS the one the wrapper passes): heuristics compute them from that
+# config's constexprs, for timing runs and the real one alike (the wrapper's grid lambdas use
+# the same formulas over META).
 _CONV_TILING = {"num_th": 'triton.cdiv(args["H_out"], args["BLOCK_H"])',
                 "num_tw": 'triton.cdiv(args["W_out"], args["BLOCK_W"])',
                 "num_c_blocks": 'triton.cdiv(args["C_out"], args["BLOCK_C"])'}
+# The channels-last kernels' UNIT flavour depends on the channel block count too.
+_CL_TILING = dict(_CONV_TILING, UNIT="_channels_last_unit(args)")
 DERIVED = {
     "conv_stats_kernel": _CONV_TILING,
-    "conv_cl_stats_kernel": _CONV_TILING,
+    "conv_norm_kernel": _CONV_TILING,
+    "conv_cl_stats_kernel": _CL_TILING,
+    "conv_cl_norm_kernel": _CL_TILING,
     "group_norm_apply_kernel": {"num_blocks": 'triton.cdiv(args["HW_out"], args["BLOCK"])'},
     "to_channels_last_kernel": {"num_w_blocks": 'triton.cdiv(args["W"], args["BLOCK"])'},
 }
 # Launched kernels without an autotuner of their own: they must run the config another kernel
 # chose (the normalize pass repeats the statistics pass's tiles), which the wrapper passes.
-FOLLOWERS = {"conv_cl_norm_kernel": "conv_cl_stats_kernel"}
+FOLLOWERS = {"conv_norm_kernel": "conv_stats_kernel", "conv_cl_norm_kernel": "conv_cl_stats_kernel"}
+# Launched kernels whose config the wrapper picks from a table the file carries: a resident
+# program must hold a whole group, so it runs the smallest config that does, as the op does.
+TABLES = {"conv_resident_kernel": "RESIDENT_CONFIGS"}
 # Outputs a kernel also reads: timing runs would apply it again, so the autotuner restores
 # them (group_norm_apply_kernel normalizes fp32 values in place).
 RESTORE = {"group_norm_apply_kernel": ("y_ptr",)}
@@ -107,19 +120,25 @@ def _configs_of(kernel_name):
     return tables[0]
 
 
-def _autotune_decorators(name, arg_names, configs):
+def _config_lines(configs, indent):
+    return [f"{indent}triton.Config({c.meta!r}, num_warps={c.num_warps}, num_stages={c.num_stages}),  # {c.name}"
+            for c in configs]
+
+
+def _decorators(name, arg_names, configs):
+    """@triton.autotune (launched kernels that are neither FOLLOWERS nor in TABLES) and
+    @triton.heuristics (DERIVED) lines of a launched kernel."""
     derived = DERIVED.get(name, {})
-    tuned = {k for c in configs for k in c.meta}
-    key = [a for a in arg_names if not a.endswith("_ptr") and a not in derived and a not in tuned]
-    lines = ["@triton.autotune(", "    configs=["]
-    for c in configs:
-        lines.append(f"        triton.Config({c.meta!r}, num_warps={c.num_warps}, num_stages={c.num_stages}),"
-                     f"  # {c.name}")
-    lines.append("    ],")
-    lines.append(f"    key={key!r},")
-    if name in RESTORE:
-        lines.append(f"    restore_value={list(RESTORE[name])!r},")
-    lines.append(")")
+    lines = []
+    if name not in FOLLOWERS and name not in TABLES:
+        configs = configs.get(name) or _configs_of(name)
+        tuned = {k for c in configs for k in c.meta}
+        key = [a for a in arg_names if not a.endswith("_ptr") and a not in derived and a not in tuned]
+        lines += ["@triton.autotune(", "    configs=[", *_config_lines(configs, " " * 8), "    ],", f"    key={key!r},"]
+        if name in RESTORE:
+            lines.append(f"    restore_value={list(RESTORE[name])!r},")
+        # Late bound: the wrapper defines it (Triton's benchmarker, none under the interpreter).
+        lines += ["    do_bench=lambda kernel_call, quantiles: _benchmark(kernel_call, quantiles),", ")"]
     if derived:
         lines.append("@triton.heuristics({")
         lines += [f'    "{arg}": lambda args: {expr},' for arg, expr in derived.items()]
@@ -127,19 +146,30 @@ def _autotune_decorators(name, arg_names, configs):
     return lines
 
 
-def _dot_precision(arch):
-    table = {t: V.precisions(arch, d) for t, d in (("float32", "fp32"), ("float16", "fp16"), ("bfloat16", "bf16"))}
-    entries = ", ".join(f"torch.{t}: {(p['accurate'] if t == 'float32' else p['native'])!r}" for t, p in table.items())
-    return f'''def dot_precision(dtype):
-    """tl.dot input precision for sm_{arch}, as fusedconv's op picks it: fp32-accurate unless
-    torch.set_float32_matmul_precision("high" or "medium") opts fp32 into TF32; half
-    operands have one mode (their products are exact in the fp32 accumulator)."""
-    if dtype == torch.float32 and torch.get_float32_matmul_precision() != "highest":
-        return {table["float32"]["tf32"]!r}
-    table = {{{entries}}}
-    if dtype not in table:
-        raise TypeError(f"float32, float16 or bfloat16 expected, got {{dtype}}")
-    return table[dtype]'''
+def _rules_source():
+    """rules.py after its docstring, verbatim, comments included. It must import nothing: the
+    file imports torch and triton only."""
+    source = Path(rules.__file__).read_text()
+    tree = ast.parse(source)
+    if any(isinstance(n, (ast.Import, ast.ImportFrom)) for n in ast.walk(tree)):
+        raise RuntimeError("export: triton_kernels/rules.py imports a module; the file cannot carry it")
+    start = tree.body[0].end_lineno if ast.get_docstring(tree) is not None else 0
+    return "\n".join(source.splitlines()[start:]).strip()
+
+
+def _per_arch(arch, configs):
+    """dot_precision for `arch` and the TABLES."""
+    precisions = {d: V.precisions(arch, d) for d in V.DTYPES}
+    lines = [
+        "def dot_precision(dtype, mode):",
+        f'    """tl.dot input precision on sm_{arch} by dtype ("fp32", "fp16", "bf16") and precision mode',
+        '    (precision_mode above), as the AOT build compiles it (variants.precisions)."""',
+        f"    return {precisions!r}[dtype][mode]",
+    ]
+    for kernel, table in TABLES.items():
+        lines += ["", "", f"# {kernel}'s configs (variants.KERNELS), of which the wrapper picks one.",
+                  f"{table} = [", *_config_lines(configs.get(kernel) or _configs_of(kernel), " " * 4), "]"]
+    return lines
 
 
 def _wrapper_parts(source):
@@ -149,36 +179,64 @@ def _wrapper_parts(source):
     return [ast.get_source_segment(source, n) for n in defs], set().union(*map(_names, defs))
 
 
+@functools.lru_cache(maxsize=None)
+def _parsed(source, wrapper):
+    """(kernel_functions, wrapper parts, launched kernel names) of a kernel source and wrapper
+    text, once per text: ast.get_source_segment splits the whole source again at each call,
+    which took 90% of a render."""
+    parts, used = _wrapper_parts(wrapper)
+    launched = sorted(used & set(k.fn.__name__ for k in V.KERNELS.values()))
+    return kernel_functions(source, launched), parts, launched
+
+
 def render(arch, configs=None):
     """The standalone file for `arch` (89, 90, ...) as text. `configs` maps a kernel name to
-    the configs to tune over instead of the build's (fusedconv.triton_jit pins one each)."""
+    the configs to tune over (for a kernel in TABLES, to pick from) instead of the build's:
+    pinned() makes a map of one each."""
     configs = configs or {}
     source = Path(kernels_module.__file__).read_text()
-    parts, used = _wrapper_parts(WRAPPER.read_text())
-    launched = sorted(used & set(k.fn.__name__ for k in V.KERNELS.values()))
-    funcs = kernel_functions(source, launched)
-    digest = hashlib.sha256(source.encode() + Path(V.__file__).read_bytes()).hexdigest()[:12]
+    funcs, parts, launched = _parsed(source, WRAPPER.read_text())
+    digest = hashlib.sha256(source.encode() + Path(V.__file__).read_bytes()
+                            + Path(rules.__file__).read_bytes()).hexdigest()[:12]
     out = [
         "# fusedconv: Conv2d -> + bias -> * scale -> sigmoid -> GroupNorm as Triton kernels in one",
         "# KernelBench-style file. Generated by `python -m fusedconv export "
         f"--arch sm_{arch}` (triton {triton.__version__})",
-        f"# from triton_kernels/conv_sigmoid_groupnorm.py (sha256 {digest}) and variants.py:",
-        "# do not edit, regenerate. Accurate fp32, and C_in > 8: conv_stats_kernel (conv, epilogue,",
-        "# per-tile statistics, fp32 values) -> group_stats_kernel (mean, rstd per sample and group)",
-        "# -> group_norm_apply_kernel (normalizes the values). fp16, bf16, TF32 with C_in <= 8:",
-        "# to_channels_last_kernel and pack_weight_kernel -> conv_cl_stats_kernel -> group_stats_kernel",
-        "# -> conv_cl_norm_kernel (the conv again, normalized). See docs/export.md.",
+        f"# from triton_kernels/conv_sigmoid_groupnorm.py, variants.py and rules.py (sha256 {digest}):",
+        "# do not edit, regenerate. The algorithms (rules.py picks one; conv_sigmoid_group_norm takes",
+        "# algorithm= to force one): materialize: conv_stats_kernel (conv, epilogue, per-tile statistics,",
+        "# fp32 values) -> group_stats_kernel (mean, rstd per sample and group) -> group_norm_apply_kernel.",
+        "# recompute: conv_stats_kernel -> group_stats_kernel -> conv_norm_kernel (the conv again,",
+        "# normalized). channels_last: to_channels_last_kernel and pack_weight_kernel -> conv_cl_stats_kernel",
+        "# -> group_stats_kernel -> conv_cl_norm_kernel. resident: conv_resident_kernel. See docs/export.md.",
         *IMPORTS, "", "",
     ]
     for name, body, decorators in funcs:
-        if name in launched and name not in FOLLOWERS:
+        if name in launched:
             arg_names = getattr(kernels_module, name).arg_names
-            out += _autotune_decorators(name, arg_names, configs.get(name) or _configs_of(name))
+            out += _decorators(name, arg_names, configs)
         out += [f"@{d}" for d in decorators] + [body, "", ""]
-    out += [_dot_precision(arch), "", ""]
+    out += ["# The choices fusedconv's op makes: triton_kernels/rules.py, verbatim.", _rules_source(), "", "",
+            *_per_arch(arch, configs), "", ""]
     for part in parts:
         out += [part, "", ""]
     return "\n".join(out[:-2]) + "\n"
+
+
+def pinned(dtype, conv=None, group_stats=None, apply=None, copy=None, pack=None, resident=None):
+    """render()'s `configs` for inputs of `dtype` ("fp32", "fp16", "bf16") with each kernel
+    named pinned to the build's config of that name (a conv name pins both conv kernels): an
+    autotuner with one config runs it untimed. Kernels not named keep all their configs."""
+    names = {"conv_stats": conv, "conv_cl_stats": conv, "group_stats": group_stats, "group_norm_apply": apply,
+             "to_channels_last": copy, "pack_weight": pack, "conv_resident": resident}
+    out = {}
+    for image, name in names.items():
+        if name:
+            spec = V.KERNELS[image]
+            out[spec.fn.__name__] = [c for c in spec.configs_for(dtype) if c.name == name]
+            if not out[spec.fn.__name__]:
+                raise ValueError(f"export: no {image} config named {name!r} for {dtype}")
+    return out
 
 
 _tmp = None

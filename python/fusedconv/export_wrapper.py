@@ -1,131 +1,234 @@
-"""The launch sequences of fusedconv's Triton-JIT path, in plain torch + triton: grid, buffers,
-launch order, and the KernelBench-style ModelNew.
+"""The Python launch sequences of fusedconv's kernels, in plain torch + triton: the choice of
+algorithm and flavour, grid, buffers, launch order, and the KernelBench-style ModelNew.
 
 Source, not a module to import: `fusedconv.export` copies the functions and class below,
-verbatim, into the standalone file after the kernels, and fusedconv.triton_jit runs that file.
-So they may use torch, nn and triton only (the file's imports), and the names set to None here,
-which the exported file defines above them: the kernels (under @triton.autotune, except
-conv_cl_norm_kernel, which runs the config conv_cl_stats_kernel chose), and dot_precision,
-rendered from variants.precisions for the file's arch.
+verbatim, into the standalone file after the kernels and triton_kernels/rules.py (the choices,
+also verbatim), and fusedconv.triton_jit and tests/test_kernels_interpreter.py run that file.
+So they may use torch, nn and triton only (the file's imports), the rules imported below, and
+the names set to None here, which the exported file defines above them: the kernels (under
+@triton.autotune, except the FOLLOWERS of export.py, which run the config the conv kernel
+before them chose, and the resident kernel, which runs one of RESIDENT_CONFIGS), and
+dot_precision and RESIDENT_CONFIGS, rendered from variants.py for the file's arch.
 
 Block sizes are the autotuner's choice, so nothing here assumes one: grids are lambdas over
-META, the tile counts the kernels take as arguments come from @triton.heuristics on the same
-config (export.py, DERIVED), and the kernels after a conv kernel read its tile size from the
-conv's best_config after the launch.
+META, the tile counts the conv kernels take (and the channels-last kernels' UNIT flavour) come
+from @triton.heuristics on the same config (export.py, DERIVED), and the kernels after a conv
+kernel read its tile size from the conv's best_config after the launch.
 """
 import torch
 import torch.nn as nn
 import triton
 
-conv_stats_kernel = group_stats_kernel = group_norm_apply_kernel = dot_precision = None
+from .triton_kernels.rules import (ALGORITHMS, channels_last_taps, channels_last_unit, conv_taps, default_algorithm,
+                                   output_size, precision_mode, resident_by_default, resident_fits)
+
+conv_stats_kernel = conv_norm_kernel = group_stats_kernel = group_norm_apply_kernel = None
 to_channels_last_kernel = pack_weight_kernel = conv_cl_stats_kernel = conv_cl_norm_kernel = None
-
-
-def algorithm(dtype, c_in):
-    """The launch sequence for a dtype and input channel count, as the op's default_algorithm
-    (csrc/forward_cuda.cpp) picks it on large inputs: channels_last's second conv beats
-    materialize's extra bytes only for 16-bit inputs and TF32 over one chunk of 8 channels."""
-    fast = dtype != torch.float32 or torch.get_float32_matmul_precision() != "highest"
-    return "channels_last" if fast and c_in <= 8 else "materialize"
+conv_resident_kernel = dot_precision = RESIDENT_CONFIGS = None
 
 
 def conv_sigmoid_group_norm(x, weight, conv_bias, bias, scale, gn_weight, gn_bias, num_groups,
-                            eps=1e-5, stride=(1, 1), padding=(0, 0), dilation=(1, 1)):
+                            eps=1e-5, stride=(1, 1), padding=(0, 0), dilation=(1, 1), algorithm=None):
     """GroupNorm(sigmoid((conv2d(x, weight) + conv_bias + bias) * scale)) for CUDA tensors of
-    one dtype (float32, float16 or bfloat16), zero padding, conv groups 1, with the algorithm
-    fusedconv's op takes by default on large inputs: channels_last for fp16, bf16 and TF32 with
-    at most 8 input channels, materialize otherwise. conv_bias, gn_weight and gn_bias may be None.
+    one dtype (float32, float16 or bfloat16; CPU tensors under TRITON_INTERPRET=1), zero
+    padding, conv groups 1; conv_bias, gn_weight and gn_bias may be None. `algorithm` (one of
+    ALGORITHMS) overrides the choice fusedconv's op makes: resident for small problems whose
+    groups fit one of RESIDENT_CONFIGS, else default_algorithm (channels_last for fp16, bf16
+    and TF32 over at most 8 input channels, materialize otherwise).
     Unvalidated: the fusedconv op checks its arguments; this file trusts them."""
-    n, _, h, w = x.shape
+    if algorithm is not None and algorithm not in ALGORITHMS:
+        raise ValueError(f"algorithm must be one of {', '.join(ALGORITHMS)}, not {algorithm!r}")
+    n, c_in, h, w = x.shape
     c_out, _, kh, kw = weight.shape
-    h_out = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
-    w_out = (w + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
-    hw, cpg = h_out * w_out, c_out // num_groups
-    precision = dot_precision(x.dtype)
-    y = torch.empty(n, c_out, h_out, w_out, device=x.device, dtype=x.dtype)
+    h_out = output_size(h, padding[0], dilation[0], kh, stride[0])
+    w_out = output_size(w, padding[1], dilation[1], kw, stride[1])
+    y = _empty(n, c_out, h_out, w_out, device=x.device, dtype=x.dtype)
     if y.numel() == 0:
         return y
-    if algorithm(x.dtype, x.shape[1]) == "channels_last":
-        return _channels_last(x, weight, conv_bias, bias, scale, gn_weight, gn_bias, num_groups, eps,
-                              stride, padding, dilation, y, precision)
-    f32 = dict(device=x.device, dtype=torch.float32)
-    # fp32 values are normalized in place (group_norm_apply_kernel's autotuner restores y
-    # between its timing runs); half inputs need an fp32 buffer of their own.
-    values = y if x.dtype == torch.float32 else torch.empty(n, c_out, hw, **f32)
-    # The partials' layout, [N, C_out, tiles], follows the tile the autotuner will pick: size
-    # them for the candidate with the most tiles; the kernels index them flat.
-    def tiles(meta):
-        return triton.cdiv(h_out, meta["BLOCK_H"]) * triton.cdiv(w_out, meta["BLOCK_W"])
-    max_tiles = max(tiles(c.kwargs) for c in conv_stats_kernel.configs)
-    part_mean = torch.empty(n * c_out * max_tiles, **f32)
-    part_m2 = torch.empty_like(part_mean)
-    stats = torch.empty(n, num_groups, 2, **f32)
+    dtype, mode = _precision(x.dtype)
+    resident = _resident_config(c_out // num_groups, h_out * w_out)
+    if algorithm is None:
+        macs = n * c_out * h_out * w_out * c_in * kh * kw
+        small = resident is not None and resident_by_default(n * num_groups, macs)
+        algorithm = "resident" if small else default_algorithm(mode, c_in)
+    # A missing parameter is a masked-off load: any tensor serves as its pointer.
+    params = [(t if t is not None else bias).reshape(-1).contiguous()
+              for t in (conv_bias, bias, scale, gn_weight, gn_bias)]
+    params += [int(t is not None) for t in (conv_bias, gn_weight, gn_bias)]
+    operands = (x, weight, params, num_groups, eps, stride, padding, dilation, y)
+    if algorithm == "resident":
+        if resident is None:
+            raise ValueError(f"the resident algorithm needs a group that fits one of RESIDENT_CONFIGS (BLOCK_C "
+                             f"channels x BLOCK_M positions); here a group has {c_out // num_groups} x {h_out * w_out}")
+        return _resident(*operands, resident)
+    precision = dot_precision(dtype, mode)
+    if algorithm == "channels_last":
+        return _channels_last(*operands, precision)
+    return _nchw(*operands, precision, algorithm == "materialize")
+
+
+def _empty(*shape, device, dtype):
+    """Every buffer the launch sequences allocate, the output included: one name, so a test
+    can fill them all with NaN and see any element no kernel writes."""
+    return torch.empty(*shape, device=device, dtype=dtype)
+
+
+def _benchmark(kernel_call, quantiles):
+    """The autotuners' timing: Triton's benchmarker on a GPU. Under the interpreter
+    (TRITON_INTERPRET=1, CPU tensors) Triton has none (it asks for a GPU driver and finds 0),
+    so nothing is timed there: the candidates tie and each kernel runs its first config."""
+    if triton.knobs.runtime.interpret:
+        return [0.0] * len(quantiles)
+    return triton.runtime.driver.active.get_benchmarker()(kernel_call, quantiles=quantiles)
+
+
+def _precision(dtype):
+    """(dtype name, precision mode) as the op reads them: fp32 follows
+    torch.set_float32_matmul_precision."""
+    names = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+    if dtype not in names:
+        raise TypeError(f"float32, float16 or bfloat16 expected, got {dtype}")
+    return names[dtype], precision_mode(names[dtype], torch.get_float32_matmul_precision() == "highest")
+
+
+def _resident_config(channels_per_group, hw_out):
+    """The smallest of RESIDENT_CONFIGS that holds a whole group, as the op picks it, or None."""
+    fits = [c for c in RESIDENT_CONFIGS
+            if resident_fits(c.kwargs["BLOCK_C"], c.kwargs["BLOCK_M"], channels_per_group, hw_out)]
+    return min(fits, key=lambda c: c.kwargs["BLOCK_C"] * c.kwargs["BLOCK_M"], default=None)
+
+
+def _resident(x, weight, params, num_groups, eps, stride, padding, dilation, y, config):
+    """One launch, one program per (sample, group) holding the whole group at `config`."""
+    n, _, h, w = x.shape
+    c_out, _, kh, kw = weight.shape
+    conv_bias, bias, scale, gamma, beta, has_conv_bias, has_gamma, has_beta = params
     wk = weight.reshape(c_out, -1).contiguous()
-    has_conv_bias = conv_bias is not None
-    conv_bias = (conv_bias if has_conv_bias else bias).reshape(-1).contiguous()
-    conv_stats_kernel[lambda META: (n * tiles(META) * triton.cdiv(c_out, META["BLOCK_C"]),)](
-        x, wk, conv_bias, bias.reshape(-1).contiguous(), scale.reshape(-1).contiguous(),
-        part_mean, part_m2, values,
-        c_out, h, w, h_out, w_out, kh, kw, wk.shape[1], *x.stride(), *stride, *padding, *dilation,
-        has_conv_bias=int(has_conv_bias), PRECISION=precision, STORE_V=True,
-        TAPS=3 if (kh, kw) == (3, 3) and tuple(padding) == (0, 0) and dilation[1] == 1 and x.stride(3) == 1 else 0)
-    # The config that just ran:
-    tile_h, tile_w = (conv_stats_kernel.best_config.kwargs[k] for k in ("BLOCK_H", "BLOCK_W"))
-    group_stats_kernel[(n * num_groups,)](part_mean, part_m2, stats, cpg, h_out, w_out, triton.cdiv(h_out, tile_h),
-                                          triton.cdiv(w_out, tile_w), tile_h, tile_w, eps)
-    # A missing affine parameter is a masked-off load: any tensor serves as its pointer.
-    gamma = (gn_weight if gn_weight is not None else bias).reshape(-1).contiguous()
-    beta = (gn_bias if gn_bias is not None else bias).reshape(-1).contiguous()
-    group_norm_apply_kernel[lambda META: (n * c_out * triton.cdiv(hw, META["BLOCK"]),)](
-        values, stats, gamma, beta, y, c_out, hw, num_groups, cpg,
-        has_gn_weight=int(gn_weight is not None), has_gn_bias=int(gn_bias is not None))
+    conv_resident_kernel[(n * num_groups,)](
+        x, wk, conv_bias, bias, scale, gamma, beta, y, c_out, h, w, y.shape[3], y.shape[2] * y.shape[3], kh, kw,
+        wk.shape[1], *x.stride(), *stride, *padding, *dilation, has_conv_bias, num_groups, c_out // num_groups,
+        has_gamma, has_beta, eps, TAPS=conv_taps(kh, kw, padding[0], padding[1], dilation[1], x.stride(3)),
+        **config.all_kwargs())
     return y
 
 
-def _channels_last(x, weight, conv_bias, bias, scale, gn_weight, gn_bias, num_groups, eps, stride, padding,
-                   dilation, y, precision):
+def _nchw(x, weight, params, num_groups, eps, stride, padding, dilation, y, precision, materialize):
+    """The NCHW sequences into y: conv + statistics over x as it is, merge, then either
+    normalize the fp32 values the conv stored (materialize) or run the conv again,
+    normalized (recompute)."""
+    n, _, h, w = x.shape
+    c_out, _, kh, kw = weight.shape
+    _, _, h_out, w_out = y.shape
+    conv_bias, bias, scale, gamma, beta, has_conv_bias, has_gamma, has_beta = params
+    part_mean, part_m2 = _partials(n, c_out, h_out, w_out, conv_stats_kernel.configs, x.device)
+    # fp32 values are normalized in place (group_norm_apply_kernel's autotuner restores y
+    # between its timing runs); half inputs need an fp32 buffer of their own. Without
+    # STORE_V the kernel neither reads nor writes v_ptr.
+    values = part_mean if not materialize else y if x.dtype == torch.float32 else \
+        _empty(n, c_out, h_out * w_out, device=x.device, dtype=torch.float32)
+    wk = weight.reshape(c_out, -1).contiguous()
+    geometry = (c_out, h, w, h_out, w_out, kh, kw, wk.shape[1], *x.stride(), *stride, *padding, *dilation)
+    taps = conv_taps(kh, kw, padding[0], padding[1], dilation[1], x.stride(3))
+    grid = _conv_grid(n, h_out, w_out, c_out)
+    conv_stats_kernel[grid](x, wk, conv_bias, bias, scale, part_mean, part_m2, values, *geometry,
+                            has_conv_bias=has_conv_bias, PRECISION=precision, STORE_V=materialize, TAPS=taps)
+    best = conv_stats_kernel.best_config  # the config that just ran
+    stats = _group_stats(part_mean, part_m2, n, num_groups, c_out // num_groups, h_out, w_out,
+                         best.kwargs["BLOCK_H"], best.kwargs["BLOCK_W"], eps)
+    if materialize:
+        _apply(values, stats, gamma, beta, has_gamma, has_beta, num_groups, y)
+    else:
+        conv_norm_kernel[grid](x, wk, conv_bias, bias, scale, gamma, beta, stats, y, *geometry,
+                               has_conv_bias=has_conv_bias, num_groups=num_groups,
+                               channels_per_group=c_out // num_groups, has_gn_weight=has_gamma, has_gn_bias=has_beta,
+                               PRECISION=precision, TAPS=taps, **best.all_kwargs())
+    return y
+
+
+def _channels_last(x, weight, params, num_groups, eps, stride, padding, dilation, y, precision):
     """The channels-last sequence into y: x copied to [N, H, W, 8 * chunks] (channels past
     C_in zero) and the weight packed in the conv tile's K order, conv + statistics, merge,
-    conv + normalize."""
+    conv again, normalized."""
     n, c_in, h, w = x.shape
     c_out, _, kh, kw = weight.shape
     _, _, h_out, w_out = y.shape
-    chunks, taps = triton.cdiv(c_in, 8), kh * kw
-    xt = torch.empty(n, h, w, 8 * chunks, device=x.device, dtype=x.dtype)
-    wt = torch.empty(c_out, chunks, taps + taps % 2, 8, device=x.device, dtype=x.dtype)
+    conv_bias, bias, scale, gamma, beta, has_conv_bias, has_gamma, has_beta = params
+    chunks = triton.cdiv(c_in, 8)
+    xt = _to_channels_last(x, chunks)
+    wt = _packed_weight(weight, chunks)
+    part_mean, part_m2 = _partials(n, c_out, h_out, w_out, conv_cl_stats_kernel.configs, x.device)
+    geometry = (c_out, h, w, h_out, w_out, kh, kw, chunks, *stride, *padding, *dilation)
+    taps = channels_last_taps(kh, kw, padding[0], padding[1])
+    grid = _conv_grid(n, h_out, w_out, c_out)
+    conv_cl_stats_kernel[grid](xt, wt, conv_bias, bias, scale, part_mean, part_m2, *geometry,
+                               has_conv_bias=has_conv_bias, PRECISION=precision, TAPS=taps)
+    best = conv_cl_stats_kernel.best_config  # the normalize pass repeats its tiles
+    stats = _group_stats(part_mean, part_m2, n, num_groups, c_out // num_groups, h_out, w_out,
+                         best.kwargs["BLOCK_H"], best.kwargs["BLOCK_W"], eps)
+    conv_cl_norm_kernel[grid](xt, wt, conv_bias, bias, scale, gamma, beta, stats, y, *geometry,
+                              has_conv_bias=has_conv_bias, num_groups=num_groups,
+                              channels_per_group=c_out // num_groups, has_gn_weight=has_gamma, has_gn_bias=has_beta,
+                              PRECISION=precision, TAPS=taps, **best.all_kwargs())
+    return y
+
+
+def _conv_grid(n, h_out, w_out, c_out):
+    """A conv kernel's grid, one program per (sample, tile, channel block) of the config META."""
+    return lambda META: (n * triton.cdiv(h_out, META["BLOCK_H"]) * triton.cdiv(w_out, META["BLOCK_W"])
+                         * triton.cdiv(c_out, META["BLOCK_C"]),)
+
+
+def _channels_last_unit(args):
+    """The channels-last conv kernels' UNIT flavour for one launch's arguments, its config's
+    tile counts included (a heuristic, export.py's DERIVED), as the op picks it: every pointer
+    16-byte aligned and the rule's facts."""
+    aligned = all(v.data_ptr() % 16 == 0 for k, v in args.items() if k.endswith("_ptr"))
+    return channels_last_unit(args["TAPS"], args["num_chunks"], args["num_c_blocks"], args["C_out"], aligned,
+                              args["stride_h"], args["stride_w"], args["dil_h"], args["dil_w"])
+
+
+def _partials(n, c_out, h_out, w_out, configs, device):
+    """Per-tile mean and M2 of each channel: sized for the candidate config with the most tiles
+    (the autotuner picks one at the launch); the kernels index them flat."""
+    tiles = max(triton.cdiv(h_out, c.kwargs["BLOCK_H"]) * triton.cdiv(w_out, c.kwargs["BLOCK_W"]) for c in configs)
+    return tuple(_empty(n * c_out * tiles, device=device, dtype=torch.float32) for _ in range(2))
+
+
+def _group_stats(part_mean, part_m2, n, num_groups, channels_per_group, h_out, w_out, tile_h, tile_w, eps):
+    """(mean, rstd) per sample and group, [N, groups, 2], merged from the partials of tiles of
+    tile_h x tile_w positions."""
+    stats = _empty(n, num_groups, 2, device=part_mean.device, dtype=torch.float32)
+    group_stats_kernel[(n * num_groups,)](part_mean, part_m2, stats, channels_per_group, h_out, w_out,
+                                          triton.cdiv(h_out, tile_h), triton.cdiv(w_out, tile_w), tile_h, tile_w, eps)
+    return stats
+
+
+def _apply(values, stats, gamma, beta, has_gamma, has_beta, num_groups, y):
+    """y = the stored fp32 values, normalized (in place where values is y)."""
+    n, c_out, h_out, w_out = y.shape
+    hw = h_out * w_out
+    group_norm_apply_kernel[lambda META: (n * c_out * triton.cdiv(hw, META["BLOCK"]),)](
+        values, stats, gamma, beta, y, c_out, hw, num_groups, c_out // num_groups,
+        has_gn_weight=has_gamma, has_gn_bias=has_beta)
+
+
+def _to_channels_last(x, chunks):
+    """x as [N, H, W, 8 * chunks], channels past C_in zero."""
+    n, c_in, h, w = x.shape
+    xt = _empty(n, h, w, 8 * chunks, device=x.device, dtype=x.dtype)
     to_channels_last_kernel[lambda META: (n * h * triton.cdiv(w, META["BLOCK"]),)](
         x, xt, c_in, h, w, *x.stride(), chunks)
+    return xt
+
+
+def _packed_weight(weight, chunks):
+    """The weight as [C_out, chunks, taps rounded up to even, 8], the channels-last conv tile's
+    K order, zero padded."""
+    c_out, c_in, kh, kw = weight.shape
+    taps = kh * kw
+    wt = _empty(c_out, chunks, taps + taps % 2, 8, device=weight.device, dtype=weight.dtype)
     pack_weight_kernel[(c_out * chunks,)](weight.contiguous(), wt, c_in, taps, taps + taps % 2, chunks)
-
-    def tiling(meta):
-        return triton.cdiv(h_out, meta["BLOCK_H"]), triton.cdiv(w_out, meta["BLOCK_W"])
-
-    f32 = dict(device=x.device, dtype=torch.float32)
-    max_tiles = max(th * tw for th, tw in (tiling(c.kwargs) for c in conv_cl_stats_kernel.configs))
-    part_mean = torch.empty(n * c_out * max_tiles, **f32)
-    part_m2 = torch.empty_like(part_mean)
-    stats = torch.empty(n, num_groups, 2, **f32)
-    has_conv_bias = conv_bias is not None
-    conv_bias = (conv_bias if has_conv_bias else bias).reshape(-1).contiguous()
-    bias, scale = bias.reshape(-1).contiguous(), scale.reshape(-1).contiguous()
-    taps_flavour = 3 if (kh, kw) == (3, 3) and tuple(padding) == (0, 0) else 0
-    conv_cl_stats_kernel[lambda META: (n * tiling(META)[0] * tiling(META)[1] * triton.cdiv(c_out, META["BLOCK_C"]),)](
-        xt, wt, conv_bias, bias, scale, part_mean, part_m2, c_out, h, w, h_out, w_out, kh, kw, chunks,
-        *stride, *padding, *dilation, has_conv_bias=int(has_conv_bias), PRECISION=precision, TAPS=taps_flavour,
-        UNIT=False)
-    # The normalize pass repeats the statistics pass's tiles: the config that just ran.
-    best = conv_cl_stats_kernel.best_config
-    (th, tw), cblocks = tiling(best.kwargs), triton.cdiv(c_out, best.kwargs["BLOCK_C"])
-    group_stats_kernel[(n * num_groups,)](part_mean, part_m2, stats, c_out // num_groups, h_out, w_out, th, tw,
-                                          best.kwargs["BLOCK_H"], best.kwargs["BLOCK_W"], eps)
-    gamma = (gn_weight if gn_weight is not None else bias).reshape(-1).contiguous()
-    beta = (gn_bias if gn_bias is not None else bias).reshape(-1).contiguous()
-    conv_cl_norm_kernel[(n * th * tw * cblocks,)](
-        xt, wt, conv_bias, bias, scale, gamma, beta, stats, y, c_out, h, w, h_out, w_out, kh, kw, chunks,
-        *stride, *padding, *dilation, th, tw, cblocks, int(has_conv_bias), num_groups, c_out // num_groups,
-        int(gn_weight is not None), int(gn_bias is not None), PRECISION=precision, TAPS=taps_flavour, UNIT=False,
-        num_warps=best.num_warps, num_stages=best.num_stages, **best.kwargs)
-    return y
+    return wt
 
 
 class ModelNew(nn.Module):

@@ -5,8 +5,9 @@ from typing import Optional, Sequence, Union
 
 import torch
 
+from .triton_kernels.rules import ALGORITHMS  # noqa: F401 (fusedconv.ALGORITHMS)
+
 IntPair = Union[int, Sequence[int]]
-ALGORITHMS = ("materialize", "recompute", "channels_last", "resident")
 
 
 def forward(x: torch.Tensor, weight: torch.Tensor, conv_bias: Optional[torch.Tensor],
