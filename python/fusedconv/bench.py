@@ -415,6 +415,13 @@ def main(args):
             for name, (model, _) in peers.items():
                 small[name] = wall_us_per_call(model, x)
                 log(f"    {name:<18} {small[name]:7.1f} us per call")
+            # The host's own floor: one aten launch on a tensor of the output's size, same process.
+            out = torch.rand(SMALL.batch, SMALL.c_out, SMALL.out_size, SMALL.out_size, device="cuda")
+            small["torch.sigmoid"] = wall_us_per_call(torch.sigmoid, out)
+            log(f"    {'torch.sigmoid':<18} {small['torch.sigmoid']:7.1f} us per call (one aten launch on the "
+                "output's size: the host's floor)")
+            if "fusedconv" in small:
+                log(f"    fusedconv / torch.sigmoid: {small['fusedconv'] / small['torch.sigmoid']:.2f}x")
     print_table(results, bw)
     if not cuda:
         rep = fusedconv.build_report()
