@@ -163,6 +163,8 @@ def cmd_run(batch, arch):
         args = (x, wt, bias, scale, v, psum, pm2, h, w, h_out, w_out)
         if arch:  # the sm_89 PTX, JIT-compiled by the driver, as the product's forced PTX runs it
             compiled = _compile(arch, config)
+            # Its PTX, not its cubin (which only runs on that arch): the driver JIT-compiles it.
+            compiled.kernel = compiled.asm["ptx"].encode() + b"\0"
             # A compiled kernel's launcher takes every argument, constexprs included, in order.
             every = args + (C_IN, C_OUT, block_w, ct, mt, tc, warps)
             launch = lambda: compiled[(batch * h_out * blocks, 1, 1)](*every)  # noqa: E731
