@@ -13,9 +13,9 @@ reached 56% on the H200.
 `compile` compiles each arch in its own process (as the AOT build must for Gluon) and prints
 each config's registers, stack and spill bytes from cuobjdump. `run` checks y and the partials
 against float64 on fresh random inputs (outputs poisoned with NaN first), then times the pass
-with device events (median of 20 after warm-up) and reports its FLOP rate against the
-H200's 67 TFLOPS FP32 peak. Set FUSEDCONV_FORCE_PTX-like behaviour by hand: `run --arch 89`
-compiles the sm_89 PTX and loads it on any newer GPU, as the product's forced PTX does.
+with device events (fusedconv.bench.time_ms: median of 20 after warm-up) and reports its
+FLOP rate against the H200's 67 TFLOPS FP32 peak. `run --arch 89` compiles the sm_89 PTX and
+loads it on any newer GPU, as the product's FUSEDCONV_FORCE_PTX=89 does.
 
 Not yet run on a GPU (written in session 9, which had no device time left): the first device
 session runs `run` natively and with `--arch 89`, then decides whether the layout earns a place
@@ -141,8 +141,9 @@ def cmd_compile():
 
 
 def cmd_run(batch, arch):
-    import statistics
     import torch
+
+    from fusedconv.bench import time_ms
     torch.manual_seed(0)
     h = w = 256
     h_out, w_out = h - 2, w - 2
@@ -182,17 +183,7 @@ def cmd_run(batch, arch):
         sum_err = (sums.sum(-1) - ref.sum(-1)).abs().max().item()
         m2_ref = ((ref - ref.mean(-1, keepdim=True)) ** 2).sum(-1)
         m2_err = ((m2 - m2_ref).abs() / m2_ref.clamp_min(1e-6)).max().item()
-        for _ in range(3):
-            launch()
-        times = []
-        for _ in range(20):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            launch()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-        ms = statistics.median(times)
+        ms = time_ms(lambda _: launch(), [None])
         print(f"{name:12s} {'sm_%d PTX' % arch if arch else 'native'}: {ms:.3f} ms, {flop / ms / 1e9:.1f} TFLOPS "
               f"({flop / ms / 1e9 / 67:.0%} of the H200's FP32 peak); max |v err| {err:.1e}, "
               f"|sum err| {sum_err:.1e}, M2 rel err {m2_err:.1e}, all written: {bool(torch.isfinite(v).all())}")

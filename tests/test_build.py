@@ -4,6 +4,8 @@ with no Python dependency."""
 import os
 import shutil
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,6 +13,7 @@ import torch
 import fusedconv
 from fusedconv import _library
 from fusedconv.triton_kernels import variants as V
+from helpers import fresh_env
 
 REPORT = fusedconv.build_report()
 SM89_SHARED_LIMIT = 99 * 1024
@@ -118,3 +121,14 @@ def test_info_command_prints_every_image(capsys):
     kernel_column = [r[2] for r in rows if len(r) > 3 and r[1] in ("cubin", "ptx")]
     for name in V.KERNELS:
         assert kernel_column.count(name) == len(images(kernel=name)), name
+
+
+def test_gluon_probe_compiles_for_both_archs_without_spills_or_stack():
+    """benchmarks/gluon_fma_conv_probe.py is no product kernel yet, but as every Gluon kernel it is
+    compiled for its archs on the CPU here: its `compile` command fails on any spill or stack
+    frame, and each arch compiles in its own process."""
+    probe = Path(__file__).resolve().parents[1] / "benchmarks" / "gluon_fma_conv_probe.py"
+    r = subprocess.run([sys.executable, str(probe), "compile"], capture_output=True, text=True, env=fresh_env())
+    assert r.returncode == 0, r.stdout + r.stderr[-3000:]
+    for arch in (89, 90):
+        assert f"sm_{arch} ct4_mt8_w128" in r.stdout and f"sm_{arch} ct4_mt4_w64" in r.stdout, r.stdout
