@@ -72,8 +72,13 @@ def _compile_one(arch, variant_name):
     V = kernel_module("variants")
     variant = next(v for v in V.variants(arch) if v.name == variant_name)
     constexprs = variant.constexprs
-    src = ASTSource(variant.fn, signature=V.signature(variant.fn, variant.dtype, constexprs),
-                    constexprs=constexprs, attrs=variant.attrs)
+    # Gluon kernels compile from their own AST source. A Hopper-only Gluon op compiled for an
+    # older arch aborts the process (LLVM ERROR), taking this pool down: none of ours uses one.
+    source = ASTSource
+    if V.KERNELS[variant.kernel].gluon:
+        from triton.experimental.gluon._runtime import GluonASTSource as source
+    src = source(variant.fn, signature=V.signature(variant.fn, variant.dtype, constexprs),
+                 constexprs=constexprs, attrs=variant.attrs)
     compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32),
                               options=dict(num_warps=variant.config.num_warps,
                                            num_stages=variant.config.num_stages))

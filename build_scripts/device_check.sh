@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # One call on the device machine: build, test natively and with the sm_89 PTX forced, time.
-#   bash build_scripts/device_check.sh [quick|native|ptx|compare]   logs go to $OUT (default ./device_out)
+#   bash build_scripts/device_check.sh [quick|native|ptx|suites|verify|compare]   logs go to $OUT (default ./device_out)
 # "quick" skips the forced-PTX suite and runs only the fp32 benchmark. A full run can outlast
 # one device call (10 minutes): "native" is the native suite and the main benchmark, "ptx" the
-# forced-PTX suite and the other benchmarks; the two together are the full run. The device copy of the
+# forced-PTX suite and the other benchmarks; the two together are the full run. "suites" is both
+# suites without benchmarks. The suites run in PYTEST_WORKERS processes (default 6, pytest-xdist;
+# tests marked xdist_group stay on one worker; 0 runs them in this process). SKIP_BUILD=1 tests the
+# fusedconv already installed. The device copy of the
 # checkout has no ../shared: copy it to ./shared (git-ignored) before the call.
 # At most 8 files come back from a device call, so logs are gathered into few files.
 set -uo pipefail
@@ -25,22 +28,37 @@ step environment
 } 2>&1 | tee "$OUT/summary.txt"
 
 step build
-if ! $PY -m pip install --no-build-isolation --no-deps -v . > "$OUT/build.log" 2>&1; then
+if [ "${SKIP_BUILD:-0}" = 1 ]; then
+  echo "SKIP_BUILD=1: testing the fusedconv already installed"
+elif ! $PY -m pip install --no-build-isolation --no-deps -v . > "$OUT/build.log" 2>&1; then
   tail -40 "$OUT/build.log"; echo "BUILD FAILED"; exit 1
 fi
-grep "fusedconv aot" "$OUT/build.log" | tail -2
+[ -f "$OUT/build.log" ] && grep "fusedconv aot" "$OUT/build.log" | tail -2
 (cd /tmp && $PY -m fusedconv info >> "$OUT/summary.txt" 2>&1) || status=1
 grep -m3 "fusedconv\|cubins\|running" "$OUT/summary.txt"
 rm -f "$OUT/build.log"
 
-run_suite() {  # name, env...
-  local name=$1; shift
-  step "pytest ($name)"
+run_suite() {  # name, part (all | rest | alone), env...; returns 1 on a failure
+  local name=$1 part=$2; shift 2
+  step "pytest ($name, $part)"
   # The interpreter tests run on CPU tensors and need no GPU: CI runs them, and here they
   # would spend minutes of device time (the native suite ran ~540 s without them, H100).
-  env "$@" $PY -m pytest tests -q -p no:warnings -rfE --durations=8 --ignore=tests/test_kernels_interpreter.py \
-    > "$OUT/pytest_$name.log" 2>&1 || status=1
-  tail -4 "$OUT/pytest_$name.log"
+  local common=(tests -q -p no:warnings -rfE --ignore=tests/test_kernels_interpreter.py) rc=0
+  local workers=()
+  if [ "${PYTEST_WORKERS:-6}" -gt 0 ] && $PY -c "import xdist" 2>/dev/null; then
+    workers=(-n "${PYTEST_WORKERS:-6}" --dist loadgroup)
+  fi
+  # Tests marked `alone` read device-wide state that other processes change: after the rest,
+  # with nothing else running.
+  if [ "$part" != alone ]; then
+    env "$@" $PY -m pytest "${common[@]}" --durations=8 -m "not alone" "${workers[@]}" \
+      > "$OUT/pytest_$name.log" 2>&1 || rc=1
+  fi
+  if [ "$part" != rest ]; then
+    env "$@" $PY -m pytest "${common[@]}" -m alone >> "$OUT/pytest_$name.log" 2>&1 || rc=1
+  fi
+  grep -E "passed|failed|FAILED|ERROR" "$OUT/pytest_$name.log" | tail -8
+  return $rc
 }
 phase=${1:-all}
 
@@ -69,8 +87,38 @@ if [ "$phase" = compare ]; then
   exit $status
 fi
 
-[ "$phase" = ptx ] || run_suite native
-[ "$phase" = quick ] || [ "$phase" = native ] || run_suite sm89_ptx FUSEDCONV_FORCE_PTX=89
+# "verify": both suites at once (their `alone` tests after, one at a time), the Gluon kernels
+# against their twins and float64 through the sm_89 PTX (each pass and the op timed), then the benchmark of every dtype through
+# the sm_89 PTX and natively: what a kernel change needs, in one call. Steps after the suites
+# start only while DEADLINE (seconds since the script began, default 480) leaves a minute.
+if [ "$phase" = verify ]; then
+  PYTEST_WORKERS=${PYTEST_WORKERS:-7} run_suite native rest & native=$!
+  PYTEST_WORKERS=${PYTEST_WORKERS:-7} run_suite sm89_ptx rest FUSEDCONV_FORCE_PTX=89 & ptx=$!
+  wait $native || status=1
+  wait $ptx || status=1
+  run_suite native alone || status=1
+  run_suite sm89_ptx alone FUSEDCONV_FORCE_PTX=89 || status=1
+  time_left() { [ $SECONDS -lt $(( ${DEADLINE:-480} - 60 )) ] || { echo "skipped: $* (deadline)"; false; }; }
+  step "Gluon kernels against their twins"
+  time_left gluon check && { FUSEDCONV_FORCE_PTX=89 timeout 120 $PY benchmarks/gluon_fma_check.py --arch 89 2>&1 \
+    | tee "$OUT/gluon_check.txt" || status=1; }
+  step bench
+  for ptx in 89 ""; do
+    time_left bench ptx=$ptx || continue
+    echo "== FUSEDCONV_FORCE_PTX=${ptx:-unset}" | tee -a "$OUT/bench.txt"
+    FUSEDCONV_FORCE_PTX=$ptx timeout 150 $PY -m fusedconv bench --dtype fp32,fp16,bf16 --peers fusedconv,eager \
+      2>&1 | tee -a "$OUT/bench.txt" || status=1
+  done
+  step "done, status $status"
+  exit $status
+fi
+
+[ "$phase" = ptx ] || run_suite native all || status=1
+[ "$phase" = quick ] || [ "$phase" = native ] || run_suite sm89_ptx all FUSEDCONV_FORCE_PTX=89 || status=1
+if [ "$phase" = suites ]; then
+  step "done, status $status"
+  exit $status
+fi
 
 step bench
 bench() {  # name, bench args...

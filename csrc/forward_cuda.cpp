@@ -34,8 +34,6 @@ const char* dtype_name(at::ScalarType t) {
   }
 }
 
-CUdeviceptr ptr(const at::Tensor& t) { return reinterpret_cast<CUdeviceptr>(t.data_ptr()); }
-
 at::Tensor flat_contiguous(const at::Tensor& t) { return t.is_contiguous() ? t : t.contiguous(); }
 
 // The parameters as the kernels read them: contiguous, absent ones replaced by `bias` (never
@@ -121,7 +119,8 @@ at::Tensor forward_cuda(const at::Tensor& x, const at::Tensor& weight, const std
   p.eps = static_cast<float>(eps);
 
   std::vector<Choice> candidates;
-  Choice choice = choose({p.set, p.dtype, p.mode, p.n, p.c_in, p.c_out, p.w_out, p.hw_out, k_total, num_groups},
+  Choice choice = choose({p.set, p.dtype, p.mode, p.n, p.c_in, p.c_out, p.w_out, p.hw_out, k_total, num_groups,
+                          p.kh, p.kw, p.pad_h, p.pad_w, p.stride_h, p.stride_w, p.dil_h, p.dil_w, p.x_stride_w},
                          &candidates);
   if (!candidates.empty()) {
     const auto tuned = autotuned_choice(tuning_key(p, x, weight, g, num_groups), candidates,

@@ -73,11 +73,16 @@ struct Loaded {
   const KernelImage* image;
 };
 
+// An image already found (the caller read its tiling first).
+template <typename Kernel>
+Loaded<Kernel> load(int device, KernelRef<Kernel>, const KernelImage& image) {
+  return {load_function(device, image), &image};
+}
+
 template <typename Kernel>
 Loaded<Kernel> load(int device, const ImageSet& set, KernelRef<Kernel> ref, const char* dtype, const char* mode,
                     const std::string& config) {
-  const KernelImage& image = find_image(set, ref.name, dtype, mode, config);
-  return {load_function(device, image), &image};
+  return load(device, ref, find_image(set, ref.name, dtype, mode, config));
 }
 
 // Launches `grid` programs of the image's warps; throws with the kernel's name on a driver error

@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
 
+#include <algorithm>
 #include <climits>
 #include <string>
 
@@ -13,8 +14,6 @@ namespace fusedconv {
 namespace {
 
 int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
-CUdeviceptr ptr(const at::Tensor& t) { return reinterpret_cast<CUdeviceptr>(t.data_ptr()); }
 
 // How a conv image tiles the output: one program per (sample, tile, channel block).
 struct Tiling {
@@ -63,11 +62,12 @@ void merge_statistics(const Problem& p, const Tiling& t, const Statistics& s) {
 }
 
 // materialize (conv once, values stored, then normalized) and recompute (conv again to
-// normalize, y written once) share the statistics pass over x in its own layout.
-void run_nchw(const Problem& p, const std::string& config, bool materialize) {
-  const bool taps3 = rules::conv_taps(p.kh, p.kw, p.pad_h, p.pad_w, p.dil_w, p.x_stride_w) == 3;
-  const auto stats_ref = taps3 ? (materialize ? kernels::conv3x3_stats_store : kernels::conv3x3_stats)
-                               : (materialize ? kernels::conv_stats_store : kernels::conv_stats);
+// normalize, y written once) share the statistics pass over x in its own layout. The conv
+// kernels come as plain Triton (any kernel, or the unpadded 3 x 3 flavour) or as the Gluon FMA
+// flavour (an FMA config); all take the same arguments, so one sequence launches either.
+template <typename StatsKernel, typename NormKernel>
+void run_nchw_with(const Problem& p, KernelRef<StatsKernel> stats_ref, KernelRef<NormKernel> norm_ref,
+                   const std::string& config, bool materialize) {
   const auto stats_k = load(p.device, p.set, stats_ref, p.dtype, p.mode, config);
   const Tiling t = tiling_of(p, *stats_k.image);
   const Statistics s = statistics_workspace(p, t, materialize);
@@ -91,9 +91,7 @@ void run_nchw(const Problem& p, const std::string& config, bool materialize) {
             .has_gn_weight = p.has_gn_weight, .has_gn_bias = p.has_gn_bias});
     return;
   }
-  const auto norm_k = load(p.device, p.set, taps3 ? kernels::conv3x3_norm : kernels::conv_norm, p.dtype, p.mode,
-                           config);
-  launch(norm_k, t.grid, p.stream,
+  launch(load(p.device, p.set, norm_ref, p.dtype, p.mode, config), t.grid, p.stream,
          {.x_ptr = p.x, .w_ptr = p.weight, .conv_bias_ptr = p.conv_bias, .bias_ptr = p.bias, .scale_ptr = p.scale,
           .gn_weight_ptr = p.gn_weight, .gn_bias_ptr = p.gn_bias, .stats_ptr = s.stats, .y_ptr = p.y,
           .C_out = p.C_out, .H = p.H, .W = p.W, .H_out = p.H_out, .W_out = p.W_out, .KH = p.KH, .KW = p.KW,
@@ -105,14 +103,55 @@ void run_nchw(const Problem& p, const std::string& config, bool materialize) {
           .has_gn_bias = p.has_gn_bias});
 }
 
+// The Gluon FMA conv's weight: [blocks, K_total, block_c] per block of block_c output channels,
+// channels past C_out zero, so that a tap's channels are adjacent (conv_fma_gluon.py). ATen
+// copies it on the call's stream; the workspace is freed stream-ordered after the launches.
+at::Tensor packed_weight(const Problem& p, int64_t block_c) {
+  const int64_t blocks = cdiv(p.c_out, block_c), k_total = p.c_in * p.kh * p.kw;
+  const at::Tensor weight = at::from_blob(reinterpret_cast<void*>(p.weight), {p.c_out, k_total}, p.x_options);
+  const at::Tensor padded =
+      blocks * block_c == p.c_out ? weight : at::constant_pad_nd(weight, {0, 0, 0, blocks * block_c - p.c_out});
+  at::Tensor packed = at::empty({blocks, k_total, block_c}, p.x_options);
+  packed.permute({0, 2, 1}).copy_(padded.view({blocks, block_c, k_total}));
+  return packed;
+}
+
+void run_nchw(const Problem& p, const std::string& config, bool materialize) {
+  if (is_fma_config(config)) {  // policy.cpp checked that the flavour applies (fp32 only)
+    const int64_t block_c = find_image(p.set, KernelName::conv3x3_fma_stats, p.dtype, p.mode, config).block_c;
+    const at::Tensor weight = packed_weight(p, block_c);
+    Problem chunk = p;
+    chunk.weight = ptr(weight);
+    if (!materialize) {
+      return run_nchw_with(chunk, kernels::conv3x3_fma_stats, kernels::conv3x3_fma_norm, config, false);
+    }
+    // Materialize in chunks of samples whose values stay in L2 between the two passes
+    // (rules::materialize_chunk); each chunk is the whole sequence over its samples, y holding
+    // their values in between.
+    const int64_t samples = rules::materialize_chunk(true, p.n, p.c_out, p.hw_out);
+    for (int64_t n0 = 0; n0 < p.n; n0 += samples) {
+      chunk.n = std::min(samples, p.n - n0);
+      chunk.x = p.x + static_cast<CUdeviceptr>(n0 * p.stride_xn * sizeof(float));
+      chunk.y = p.y + static_cast<CUdeviceptr>(n0 * p.c_out * p.hw_out * sizeof(float));
+      run_nchw_with(chunk, kernels::conv3x3_fma_stats_store, kernels::conv3x3_fma_norm, config, true);
+    }
+    return;
+  }
+  const bool taps3 = rules::conv_taps(p.kh, p.kw, p.pad_h, p.pad_w, p.dil_w, p.x_stride_w) == 3;
+  const auto stats_ref = taps3 ? (materialize ? kernels::conv3x3_stats_store : kernels::conv3x3_stats)
+                               : (materialize ? kernels::conv_stats_store : kernels::conv_stats);
+  run_nchw_with(p, stats_ref, taps3 ? kernels::conv3x3_norm : kernels::conv_norm, config, materialize);
+}
+
 // channels_last: x copied to [N, H, W, 8 * chunks] (channels past C_in zero) and the weight packed
 // to [C_out, chunks, taps rounded up to even, 8], then recompute over them.
 void run_channels_last(const Problem& p, const std::string& config) {
   const bool taps3 = rules::channels_last_taps(p.kh, p.kw, p.pad_h, p.pad_w) == 3;
   // The tiling comes from the general image; the unit flavour, picked below, has the same
   // config and tiles. Only the images that run are loaded.
-  const Tiling t = tiling_of(p, find_image(p.set, taps3 ? KernelName::conv3x3_cl_stats : KernelName::conv_cl_stats,
-                                           p.dtype, p.mode, config));
+  const auto general_stats = taps3 ? kernels::conv3x3_cl_stats : kernels::conv_cl_stats;
+  const KernelImage& general_image = find_image(p.set, general_stats.name, p.dtype, p.mode, config);
+  const Tiling t = tiling_of(p, general_image);
   const Statistics s = statistics_workspace(p, t, false);
 
   // Both copies in one workspace of x's dtype; the weight's part starts 16-byte aligned (the
@@ -142,9 +181,9 @@ void run_channels_last(const Problem& p, const std::string& config) {
                          s.part_m2 | s.stats) % 16) == 0;
   const bool unit = rules::channels_last_unit(taps3 ? 3 : 0, chunks, t.c_blocks, p.c_out, aligned, p.stride_h,
                                               p.stride_w, p.dil_h, p.dil_w);
-  const auto stats_ref = unit ? kernels::conv3x3_cl_unit_stats : taps3 ? kernels::conv3x3_cl_stats
-                                                                       : kernels::conv_cl_stats;
-  launch(load(p.device, p.set, stats_ref, p.dtype, p.mode, config), t.grid, p.stream,
+  const auto stats_k = unit ? load(p.device, p.set, kernels::conv3x3_cl_unit_stats, p.dtype, p.mode, config)
+                            : load(p.device, general_stats, general_image);
+  launch(stats_k, t.grid, p.stream,
          {.xt_ptr = xt, .wk_ptr = wk, .conv_bias_ptr = p.conv_bias, .bias_ptr = p.bias, .scale_ptr = p.scale,
           .part_mean_ptr = s.part_mean, .part_m2_ptr = s.part_m2, .C_out = p.C_out, .H = p.H, .W = p.W,
           .H_out = p.H_out, .W_out = p.W_out, .KH = p.KH, .KW = p.KW, .num_chunks = num_chunks,

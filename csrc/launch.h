@@ -38,6 +38,9 @@ struct Problem {
   float eps;
 };
 
+// A tensor's data as a kernel pointer argument.
+inline CUdeviceptr ptr(const at::Tensor& t) { return reinterpret_cast<CUdeviceptr>(t.data_ptr()); }
+
 // A kernel argument's value, checked to fit the 32 bits the kernels index one sample with
 // (only the batch offset is 64-bit); ValueError naming `what` otherwise.
 int32_t i32(int64_t v, const char* what);

@@ -31,6 +31,8 @@ TORCH_LIBRARY(fusedconv, m) {
   m.def("_get_config() -> str", &forced_config);
   m.def("_set_algorithm(str algorithm) -> ()", &set_forced_algorithm);
   m.def("_get_algorithm() -> str", &forced_algorithm);
+  m.def("_set_plain_triton(bool plain) -> ()", &set_plain_triton);
+  m.def("_get_plain_triton() -> bool", &plain_triton);
   m.def("_device_images(int device) -> str", &device_images);
   m.def("_images_for_arch(int arch) -> str", &images_for_arch);
   m.def("_default_algorithm(str mode, int c_in) -> str", &default_algorithm);

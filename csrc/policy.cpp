@@ -2,6 +2,7 @@
 
 #include <c10/util/Exception.h>
 
+#include <cstdlib>
 #include <mutex>
 
 #include "autotune.h"
@@ -14,10 +15,18 @@ namespace {
 struct Overrides {
   std::string config;
   std::optional<Algorithm> algorithm;
+  bool plain_triton = false;
 };
 
+Overrides initial_overrides() {
+  const char* plain = std::getenv("FUSEDCONV_PLAIN_TRITON");
+  Overrides o;
+  o.plain_triton = plain != nullptr && std::string(plain) == "1";
+  return o;
+}
+
 std::mutex g_overrides_mutex;
-Overrides g_overrides;
+Overrides g_overrides = initial_overrides();
 
 // Read together under one lock, once per call.
 Overrides overrides() {
@@ -48,12 +57,28 @@ std::optional<Algorithm> parse_algorithm(const std::string& name) {
   return std::nullopt;
 }
 
+bool is_fma_config(const std::string& config) { return has_config({KernelName::conv3x3_fma_stats}, config); }
+
 Choice choose(const PolicyInput& in, std::vector<Choice>* tune_candidates) {
   const int64_t channels_per_group = in.c_out / in.num_groups;
   const KernelImage* resident = find_resident(in.set, in.dtype, "", channels_per_group, in.hw_out);
   const Overrides forced = overrides();
   const bool config_is_resident =
       !forced.config.empty() && find_resident(in.set, in.dtype, forced.config, 0, 0) != nullptr;
+  const int64_t taps = rules::conv_taps(in.kh, in.kw, in.pad_h, in.pad_w, in.dil_w, in.x_stride_w);
+  const auto fma_rule = [&](int64_t w_out) {
+    return std::string(rules::fma_conv_config(in.set.arch, in.mode, taps, in.stride_h, in.stride_w, in.dil_h, w_out));
+  };
+  const std::string fma = forced.plain_triton ? "" : fma_rule(in.w_out);
+  const bool forced_fma = !forced.config.empty() && is_fma_config(forced.config);
+  if (forced_fma) {
+    TORCH_CHECK_VALUE(!fma_rule(rules::FMA_WIDE_MIN_W_OUT).empty() &&
+                          find_image(in.set, KernelName::conv3x3_fma_stats, in.dtype, in.mode, forced.config).block_w <=
+                              in.w_out,
+                      "fusedconv.forward: config '", forced.config, "' is the Gluon FMA conv's, which runs exact fp32 "
+                      "on sm_89 images for an unpadded 3 x 3 kernel at unit stride and dilation over x.stride(3) == 1 "
+                      "and W_out of at least its tile's width; this call is not such a case (W_out ", str(in.w_out), ")");
+  }
   Choice choice{to_algorithm(rules::default_algorithm(in.mode, in.c_in)), forced.config};
   if (forced.algorithm == Algorithm::resident || (!forced.algorithm && config_is_resident)) {
     TORCH_CHECK_VALUE(config_is_resident || resident, "fusedconv.forward: the resident algorithm needs a group "
@@ -63,16 +88,28 @@ Choice choose(const PolicyInput& in, std::vector<Choice>* tune_candidates) {
     choice = {Algorithm::resident, config_is_resident ? forced.config : resident->config};
   } else if (forced.algorithm) {
     choice.algorithm = *forced.algorithm;
-  } else if (resident && rules::resident_by_default(in.n * in.num_groups, in.n * in.c_out * in.hw_out * in.k_total)) {
+  } else if (resident && !forced_fma &&
+             rules::resident_by_default(in.n * in.num_groups, in.n * in.c_out * in.hw_out * in.k_total)) {
     choice = {Algorithm::resident, resident->config};
   }
+  const bool nchw = choice.algorithm == Algorithm::materialize || choice.algorithm == Algorithm::recompute;
+  TORCH_CHECK_VALUE(!forced_fma || nchw, "fusedconv.forward: config '", forced.config, "' is the Gluon FMA conv's, "
+                    "which only materialize and recompute run, not ", algorithm_name(choice.algorithm));
   if (choice.config.empty()) {
-    choice.config = rules::conv_config(in.c_out, in.w_out, choice.algorithm == Algorithm::channels_last);
+    choice.config = nchw && !fma.empty()
+                        ? fma
+                        : std::string(rules::conv_config(in.c_out, in.w_out, choice.algorithm == Algorithm::channels_last));
   }
   if (autotune_enabled() && forced.config.empty() && !forced.algorithm) {
     for (const std::string& name : config_names(in.set, KernelName::conv_stats, in.dtype, in.mode)) {
       for (Algorithm a : {Algorithm::materialize, Algorithm::recompute, Algorithm::channels_last}) {
         tune_candidates->push_back({a, name});
+      }
+    }
+    if (!fma.empty()) {
+      for (const std::string& name : config_names(in.set, KernelName::conv3x3_fma_stats, in.dtype, in.mode)) {
+        if (find_image(in.set, KernelName::conv3x3_fma_stats, in.dtype, in.mode, name).block_w > in.w_out) continue;
+        for (Algorithm a : {Algorithm::materialize, Algorithm::recompute}) tune_candidates->push_back({a, name});
       }
     }
     if (resident) tune_candidates->push_back({Algorithm::resident, resident->config});
@@ -81,7 +118,8 @@ Choice choose(const PolicyInput& in, std::vector<Choice>* tune_candidates) {
 }
 
 void set_forced_config(const std::string& config) {
-  TORCH_CHECK_VALUE(config.empty() || has_config({KernelName::conv_stats, KernelName::conv_resident}, config),
+  TORCH_CHECK_VALUE(config.empty() || has_config({KernelName::conv_stats, KernelName::conv_resident,
+                                                  KernelName::conv3x3_fma_stats}, config),
                     "fusedconv: no conv config named '", config, "' in this build");
   std::lock_guard<std::mutex> lock(g_overrides_mutex);
   g_overrides.config = config;
@@ -101,6 +139,13 @@ std::string forced_algorithm() {
   const std::optional<Algorithm> a = overrides().algorithm;
   return a ? algorithm_name(*a) : "";
 }
+
+void set_plain_triton(bool plain) {
+  std::lock_guard<std::mutex> lock(g_overrides_mutex);
+  g_overrides.plain_triton = plain;
+}
+
+bool plain_triton() { return overrides().plain_triton; }
 
 std::string default_algorithm(const std::string& mode, int64_t c_in) {
   TORCH_CHECK_VALUE(mode == "accurate" || mode == "tf32" || mode == "native",

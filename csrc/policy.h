@@ -26,10 +26,17 @@ struct PolicyInput {
   const char* dtype;  // "fp32" | "fp16" | "bf16"
   const char* mode;   // rules::precision_mode
   int64_t n, c_in, c_out, w_out, hw_out, k_total, num_groups;
+  int64_t kh, kw, pad_h, pad_w, stride_h, stride_w, dil_h, dil_w, x_stride_w;  // the conv flavour rules read these
 };
 
+// Whether a block config is one of the Gluon FMA conv's (variants.FMA_CONV_CONFIGS), which
+// materialize and recompute run in place of their plain-Triton conv kernels.
+bool is_fma_config(const std::string& config);
+
 // The choice for a call: a forced algorithm or config first; else resident where a group fits
-// and rules::resident_by_default holds; else rules::default_algorithm with rules::conv_config.
+// and rules::resident_by_default holds; else rules::default_algorithm with the Gluon FMA conv's
+// config where rules::fma_conv_config gives one (unless plain Triton is forced), else
+// rules::conv_config. A forced FMA config where the FMA conv cannot run is a ValueError.
 // A forced resident that cannot hold a group is a ValueError, not a silent fallback. Fills
 // `tune_candidates` (every algorithm x config the build carries) when autotuning is on and
 // nothing is forced; leaves it empty otherwise.
@@ -42,6 +49,10 @@ void set_forced_config(const std::string& config);
 std::string forced_config();
 void set_forced_algorithm(const std::string& algorithm);
 std::string forced_algorithm();
+// The documented switch to the plain-Triton twins of the Gluon kernels (materialize and
+// recompute then run their plain conv kernels everywhere); starts as FUSEDCONV_PLAIN_TRITON=1.
+void set_plain_triton(bool plain);
+bool plain_triton();
 
 // rules::default_algorithm and the conv config a call would take (rules::conv_config or the
 // forced one), with their arguments checked: exposed to Python and the tests.

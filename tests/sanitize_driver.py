@@ -17,7 +17,8 @@ CASES = [
     Case(n=3, c_in=1, c_out=6, h=7, w=5, kernel=(1, 1), groups=3),
     # Unpadded 3 x 3: the conv kernels' flavour without bounds tests, on ragged tiles, with a
     # K past the unrolled steps, with a K that ends inside one (its loads masked by k alone),
-    # and with stride and row dilation.
+    # and with stride and row dilation. The first two also take the Gluon FMA conv on sm_89
+    # images (a shifted last column tile; C_out 20 and 12 inside one 32-channel block).
     Case(n=2, c_in=9, c_out=20, h=6, w=133, groups=4),
     Case(n=1, c_in=4, c_out=12, h=5, w=140, groups=3),
     Case(n=1, c_in=3, c_out=8, h=15, w=17, groups=2, stride=(2, 2), dilation=(2, 1)),
@@ -43,7 +44,8 @@ def main():
                 wide[..., 1:1 + case.w] = x.cpu()
                 layouts.append(wide.cuda()[..., 1:1 + case.w])
             for xl in layouts:
-                for config in (fusedconv.conv_configs() if every_config else [""]):
+                # "" is the heuristic's own choice: on sm_89 images, the Gluon FMA conv where it applies.
+                for config in (["", *fusedconv.conv_configs()] if every_config else [""]):
                     for algorithm in algorithms_for(model, xl):
                         with torch.no_grad(), fusedconv.forced_config(config), fusedconv.forced_algorithm(algorithm):
                             out = model(xl)

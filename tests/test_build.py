@@ -4,8 +4,6 @@ with no Python dependency."""
 import os
 import shutil
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,7 +11,6 @@ import torch
 import fusedconv
 from fusedconv import _library
 from fusedconv.triton_kernels import variants as V
-from helpers import fresh_env
 
 REPORT = fusedconv.build_report()
 SM89_SHARED_LIMIT = 99 * 1024
@@ -123,12 +120,15 @@ def test_info_command_prints_every_image(capsys):
         assert kernel_column.count(name) == len(images(kernel=name)), name
 
 
-def test_gluon_probe_compiles_for_both_archs_without_spills_or_stack():
-    """benchmarks/gluon_fma_conv_probe.py is no product kernel yet, but as every Gluon kernel it is
-    compiled for its archs on the CPU here: its `compile` command fails on any spill or stack
-    frame, and each arch compiles in its own process."""
-    probe = Path(__file__).resolve().parents[1] / "benchmarks" / "gluon_fma_conv_probe.py"
-    r = subprocess.run([sys.executable, str(probe), "compile"], capture_output=True, text=True, env=fresh_env())
-    assert r.returncode == 0, r.stdout + r.stderr[-3000:]
-    for arch in (89, 90):
-        assert f"sm_{arch} ct4_mt8_w128" in r.stdout and f"sm_{arch} ct4_mt4_w64" in r.stdout, r.stdout
+def test_gluon_kernels_compile_for_their_archs_without_spills_or_stack():
+    """The interpreter cannot run Gluon kernels, so CI checks what it can: the build compiled
+    each for every arch on the CPU (in the same pool as the rest; none uses a Hopper-only op),
+    with no spill, no stack frame at all and shared memory a 4090 block can hold."""
+    gluon = [name for name, spec in V.KERNELS.items() if spec.gluon]
+    assert gluon, "no Gluon kernel in variants.KERNELS"
+    for name in gluon:
+        for arch in REPORT["archs"]:
+            found = images(kernel=name, arch=arch)
+            assert {i["config"] for i in found} == {c.name for c in V.KERNELS[name].configs}, (name, arch)
+            assert all(i["spill_bytes"] == 0 and i["stack_bytes"] == 0 for i in found), found
+            assert all(i["shared"] <= SM89_SHARED_LIMIT for i in found), found

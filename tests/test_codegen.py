@@ -47,6 +47,9 @@ def compile_syntax(source, include_dirs):
 ARGUMENTS = {
     "precision_mode": itertools.product(["fp32", "fp16", "bf16"], [False, True]),
     "default_algorithm": itertools.product(rules.MODES, range(1, 20)),
+    "materialize_chunk": itertools.product([False, True], [1, 4, 5, 128], [1, 32, 40], [1, 64516, 1179648]),
+    "fma_conv_config": itertools.product([89, 90], rules.MODES, [0, 3], [1, 2], [1, 2], [1, 2],
+                                         [63, 64, 127, 128, 129]),
     "resident_fits": itertools.product([4, 8], [256, 1024], [1, 4, 5, 8, 9], [255, 256, 257, 1024, 1025]),
     "resident_by_default": itertools.product([1, 255, 256, 257, 4096], [1, 2 ** 26, 2 ** 26 + 1]),
     "conv_config": itertools.product([1, 15, 16, 17, 32, 63, 64, 65, 128], [1, 95, 96, 191, 192, 254],
@@ -100,6 +103,7 @@ def test_rules_name_configs_the_build_ships():
     assert {rules.copy_config(w) for w in (1, 128)} == names(V.TRANSPOSE_CONFIGS)
     assert {rules.pack_config(t) for t in (2, 10)} == names(V.PACK_CONFIGS)
     assert {rules.default_algorithm(m, c) for m in rules.MODES for c in (1, 9)} <= set(rules.ALGORITHMS)
+    assert {rules.fma_conv_config(89, "accurate", 3, 1, 1, 1, w) for w in (64, 128)} == names(V.FMA_CONV_CONFIGS)
 
 
 ARGUMENTS_GRID_CONV = list(itertools.product([1, 16, 17, 63, 64, 128], [1, 95, 96, 191, 192], [False, True]))

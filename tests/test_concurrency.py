@@ -35,6 +35,7 @@ def subprocess_env(**extra):
     return fresh_env(tests_on_path=True, **extra)
 
 
+@pytest.mark.alone
 @pytest.mark.parametrize("algorithm", fusedconv.ALGORITHMS)
 @pytest.mark.parametrize("dtype", list(DTYPES), ids=list(DTYPES))
 def test_graph_replay_follows_inputs_changed_in_place(dtype, algorithm):

@@ -11,6 +11,8 @@ from helpers import reference
 
 pytestmark = [
     pytest.mark.slow,
+    # Under pytest-xdist (the device check), its cases share one worker: two at once would hold 70 GB.
+    pytest.mark.xdist_group("gpu_memory"),
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
     pytest.mark.skipif(torch.cuda.is_available() and torch.cuda.mem_get_info()[1] < 60 << 30,
                        reason="needs a GPU with 60 GB"),

@@ -46,6 +46,20 @@ CONV_WIDE_MIN_C_OUT = 64
 ROW_TILE_MIN_W_OUT = 96
 ROW_TILE_MIN_W_OUT_CHANNELS_LAST = 192
 
+# The Gluon FMA conv kernels (triton_kernels/conv_fma_gluon.py) run exact fp32 where the
+# tensor cores have no accurate fp32 path (sm_89: TF32 only), for the unpadded 3 x 3 kernel at
+# unit stride and row dilation. Their last column tile is shifted left to end at W_out, so an
+# image must be at least one tile (128 or 64 columns) wide.
+FMA_CONV_ARCH = 89
+FMA_WIDE_MIN_W_OUT = 128
+FMA_MIN_W_OUT = 64
+
+# Materialize with the FMA conv (sm_89 images) runs the batch in chunks whose fp32 values fit
+# half of the RTX 4090's 72 MB L2, so the normalize pass reads them back from L2 and DRAM sees x
+# read once and y written once (docs/performance.md, the 4090 model: at 1008 GB/s the values'
+# round trip through DRAM would cost more than the conv).
+MATERIALIZE_CHUNK_BYTES = 37748736  # 36 MiB
+
 # The memory-bound kernels' configs by the length of the run they stream.
 GROUP_STATS_WIDE_RUN = 512     # a group's partials: channels per group x tiles
 APPLY_WIDE_HW = 512            # positions per output channel
@@ -69,6 +83,30 @@ def default_algorithm(mode: str, c_in: int) -> str:
     if mode == "accurate" or c_in > CHANNELS_LAST_MAX_C_IN:
         return "materialize"
     return "channels_last"
+
+
+def fma_conv_config(arch: int, mode: str, taps: int, stride_h: int, stride_w: int, dil_h: int, w_out: int) -> str:
+    """The Gluon FMA conv's config for materialize and recompute, or "" where their plain-Triton
+    conv kernels run: arch is the image set's (89 on an RTX 4090 and under
+    FUSEDCONV_FORCE_PTX=89), taps is conv_taps's flavour."""
+    if arch != FMA_CONV_ARCH or mode != "accurate" or taps != 3:
+        return ""
+    if stride_h != 1 or stride_w != 1 or dil_h != 1:
+        return ""
+    if w_out >= FMA_WIDE_MIN_W_OUT:
+        return "fma_w128"
+    if w_out >= FMA_MIN_W_OUT:
+        return "fma_w64"
+    return ""
+
+
+def materialize_chunk(fma_conv: bool, n: int, c_out: int, hw_out: int) -> int:
+    """Samples per materialize chunk (all n unless fma_conv: the call runs the Gluon FMA conv)."""
+    if not fma_conv or n * c_out * hw_out * 4 <= MATERIALIZE_CHUNK_BYTES:
+        return n
+    if c_out * hw_out * 4 >= MATERIALIZE_CHUNK_BYTES:
+        return 1
+    return MATERIALIZE_CHUNK_BYTES // (c_out * hw_out * 4)
 
 
 def resident_fits(block_c: int, block_m: int, channels_per_group: int, hw_out: int) -> bool:

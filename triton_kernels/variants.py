@@ -7,6 +7,7 @@ that every name it returns is in the table it picks from.
 """
 from dataclasses import dataclass
 
+from . import conv_fma_gluon as g
 from . import conv_sigmoid_groupnorm as k
 from . import rules  # noqa: F401 (the build reads the algorithm names through this module)
 
@@ -45,6 +46,18 @@ CONV_CONFIGS = (
 CL_CONV_CONFIGS = (
     Config("row_c32_k5", dict(BLOCK_H=1, BLOCK_W=256, BLOCK_C=32, BLOCK_K=16, K_STEPS=5), num_warps=4, num_stages=1),
     *CONV_CONFIGS[1:],
+)
+
+# The Gluon FMA conv kernels (conv_fma_gluon.py), exact fp32 for the unpadded 3 x 3 kernel at
+# unit stride: a thread holds CT channels x MT columns of one output row (CT * MT accumulators),
+# TC threads along channels, so a program is one row of BLOCK_W = (32 / TC) * WARPS * MT
+# columns by BLOCK_C = CT * TC channels. rules.fma_conv_config picks by W_out (the last column
+# tile is shifted left, so it needs W_out >= BLOCK_W).
+#   fma_w128   CT 4 x MT 8: 92 registers (sm_89 statistics pass); ~80% of the inner loop FFMA
+#   fma_w64    CT 4 x MT 4: the smaller fallback for images 64-127 columns wide
+FMA_CONV_CONFIGS = (
+    Config("fma_w128", dict(BLOCK_H=1, BLOCK_W=128, BLOCK_C=32, CT=4, MT=8, TC=8, WARPS=4), num_warps=4, num_stages=1),
+    Config("fma_w64", dict(BLOCK_H=1, BLOCK_W=64, BLOCK_C=32, CT=4, MT=4, TC=8, WARPS=4), num_warps=4, num_stages=1),
 )
 
 # Statistics merge: one program per (sample, group) streams that group's partials.
@@ -87,6 +100,8 @@ PACK_CONFIGS = (
 )
 
 _CL_ALIGNED = ("xt_ptr", "wk_ptr")
+# The FMA conv's weight is the launcher's packed copy (16-byte aligned): a tap's channels load as one vector.
+_FMA_PACKED_WEIGHT = ("w_ptr",)
 # The unit flavour's compile-time facts: every pointer 16-byte aligned and C_out a multiple of
 # 16, which the launcher checks before it picks the flavour (vector loads and stores of the
 # channel parameters, statistics and y, and folded channel offsets).
@@ -122,6 +137,14 @@ class KernelSpec:
     per_mode: bool     # compiled once per precision mode (the conv kernels)
     divisible: tuple = ()  # arguments the launcher guarantees to be multiples of 16 (pointers: bytes)
     fp32_configs: tuple = ()  # the fp32 images' configs where they differ (same names, smaller tiles)
+    dtypes: tuple = DTYPES    # the dtypes it is compiled for, when per_dtype
+    modes: tuple = ()         # the precision modes it is compiled for, when per_mode (empty: all)
+
+    @property
+    def gluon(self) -> bool:
+        """A Gluon kernel: compiled from Gluon's AST source, no tl.dot precision constexpr, and not
+        run by the interpreter (its plain-Triton twin is)."""
+        return type(self.fn).__name__ == "GluonJITFunction"
 
     def configs_for(self, dtype: str) -> tuple:
         return self.fp32_configs if dtype == "fp32" and self.fp32_configs else self.configs
@@ -147,6 +170,14 @@ KERNELS = {
                                        CONV_CONFIGS)
        for flavour, taps, unit, divisible in _CL_FLAVOURS
        for part, fn in (("stats", k.conv_cl_stats_kernel), ("norm", k.conv_cl_norm_kernel))},
+    # The Gluon FMA flavour of conv3x3_stats, conv3x3_stats_store and conv3x3_norm (same
+    # arguments, the weight packed; those are its twins): exact fp32 only.
+    "conv3x3_fma_stats": KernelSpec(g.conv3x3_fma_stats_kernel, FMA_CONV_CONFIGS, {"STORE_V": False}, True, True,
+                                    _FMA_PACKED_WEIGHT, dtypes=("fp32",), modes=("accurate",)),
+    "conv3x3_fma_stats_store": KernelSpec(g.conv3x3_fma_stats_kernel, FMA_CONV_CONFIGS, {"STORE_V": True}, True, True,
+                                          _FMA_PACKED_WEIGHT, dtypes=("fp32",), modes=("accurate",)),
+    "conv3x3_fma_norm": KernelSpec(g.conv3x3_fma_norm_kernel, FMA_CONV_CONFIGS, {}, True, True,
+                                   _FMA_PACKED_WEIGHT, dtypes=("fp32",), modes=("accurate",)),
     "group_stats": KernelSpec(k.group_stats_kernel, GROUP_STATS_CONFIGS, {}, False, False),
     "group_norm_apply": KernelSpec(k.group_norm_apply_kernel, APPLY_CONFIGS, {}, True, False),
     # Exact FP32 on every arch and dtype: small problems are latency-bound, not FLOP-bound.
@@ -193,7 +224,7 @@ class Variant:
     @property
     def constexprs(self) -> dict:
         c = dict(self.config.meta, **KERNELS[self.kernel].fixed)
-        if self.precision:
+        if self.precision and not KERNELS[self.kernel].gluon:
             c["PRECISION"] = self.precision
         return c
 
@@ -213,9 +244,11 @@ def variants(arch: int):
     """Every kernel variant the build ships for one arch."""
     out = []
     for kernel, spec in KERNELS.items():
-        for dtype in DTYPES if spec.per_dtype else ("fp32",):
+        for dtype in spec.dtypes if spec.per_dtype else ("fp32",):
             for cfg in spec.configs_for(dtype):
                 modes = precisions(arch, dtype).items() if spec.per_mode else [("any", "")]
                 for mode, precision in modes:
+                    if spec.modes and mode not in spec.modes:
+                        continue
                     out.append(Variant(kernel, dtype, mode, precision, cfg))
     return out

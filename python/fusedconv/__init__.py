@@ -10,8 +10,8 @@ _register_autograd()
 
 from .module import FusedConvSigmoidGroupNorm, ModelNew  # noqa: E402
 from .ops import (ALGORITHMS, autotune, autotune_entries, build_report, conv_configs,  # noqa: E402
-                  forced_algorithm, forced_config, forward, resident_configs)
+                  forced_algorithm, forced_config, forward, plain_triton, resident_configs)
 
 __version__ = "0.1.0"
 __all__ = ["forward", "FusedConvSigmoidGroupNorm", "ModelNew", "build_report", "forced_config",
-           "forced_algorithm", "conv_configs", "resident_configs", "ALGORITHMS", "autotune", "autotune_entries"]
+           "forced_algorithm", "plain_triton", "conv_configs", "resident_configs", "ALGORITHMS", "autotune", "autotune_entries"]

@@ -55,6 +55,15 @@ def forced_algorithm(name: str):
     return _overridden(torch.ops.fusedconv._get_algorithm, torch.ops.fusedconv._set_algorithm, name)
 
 
+def plain_triton(enabled: bool = True):
+    """Run the plain-Triton twins of the Gluon kernels: materialize and recompute then use
+    their plain conv kernels where the Gluon FMA conv would run (exact fp32 on sm_89 images,
+    the unpadded 3 x 3 kernel at unit stride). The twins are what the interpreter tests check
+    and the fallback should a Gluon kernel misbehave; FUSEDCONV_PLAIN_TRITON=1 sets it for the
+    whole process. Process-wide, like forced_config."""
+    return _overridden(torch.ops.fusedconv._get_plain_triton, torch.ops.fusedconv._set_plain_triton, enabled)
+
+
 def autotune(enabled: bool = True, cache_file: Optional[str] = None) -> None:
     """Opt into on-device autotuning: the first CUDA call for each shape key (device images,
     dtype, precision mode, shapes, stride, padding, dilation, groups) times every block config

@@ -1,0 +1,154 @@
+"""The Gluon FMA conv (triton_kernels/conv_fma_gluon.py) inside the op: it runs where
+rules.fma_conv_config says (exact fp32 on sm_89 images, the unpadded 3 x 3 kernel at unit
+stride), materialize then runs in L2-sized chunks (rules.materialize_chunk), both match float64
+and the plain-Triton twins, and fusedconv.plain_triton() selects the twins. The kernels run
+only on sm_89 images, so on a newer GPU without FUSEDCONV_FORCE_PTX=89 the in-process tests
+skip and one test runs this file again in a process that forces the sm_89 PTX."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import fusedconv
+from fusedconv.triton_kernels import rules
+from helpers import Case, assert_matches, forward_args, fresh_env, prepared
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def on_sm89_images():
+    return torch.cuda.is_available() and torch.ops.fusedconv._device_images(torch.cuda.current_device()).startswith(
+        "sm_89")
+
+
+sm89_only = pytest.mark.skipif(not on_sm89_images(), reason="the Gluon FMA conv runs on sm_89 images only (the "
+                               "native suite runs this file under FUSEDCONV_FORCE_PTX=89, test_forced_sm89_ptx)")
+
+# Every branch of the kernels: one tile and two (W_out 256, 130: the last tile shifted left),
+# the 64-wide config (W_out 64, 98), C_out below and past one 32-channel block, C_in 1 and 16.
+CASES = [
+    Case(n=2, c_in=8, c_out=32, h=12, w=258, groups=8),
+    Case(n=2, c_in=5, c_out=20, h=9, w=132, groups=4),
+    Case(n=3, c_in=3, c_out=40, h=7, w=66, groups=8),
+    Case(n=1, c_in=16, c_out=64, h=6, w=200, groups=16),
+    Case(n=2, c_in=1, c_out=8, h=5, w=100, groups=2),
+]
+
+
+def fp32_op(case, x=None):
+    model, x0, exp = prepared(case, "cuda")
+    x = x0 if x is None else x
+    return model, x, exp
+
+
+def kernels_launched(fn):
+    """Names of the GPU kernels one call of `fn` launches."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    return {e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA}
+
+
+@sm89_only
+def test_fma_kernels_run_by_default_and_the_switch_selects_the_twins():
+    """Accurate fp32 on sm_89 images materializes with the Gluon statistics pass;
+    plain_triton() runs the plain conv kernel instead."""
+    model, x, exp = fp32_op(CASES[0])
+    with torch.no_grad():
+        names = kernels_launched(lambda: model(x))
+        assert {"conv3x3_fma_stats_kernel", "group_norm_apply_kernel"} <= names, names
+        assert "conv_stats_kernel" not in names and "conv3x3_fma_norm_kernel" not in names, names
+        with fusedconv.plain_triton():
+            plain = kernels_launched(lambda: model(x))
+        assert not any("fma" in n for n in plain), plain
+        assert {"conv_stats_kernel", "group_norm_apply_kernel"} <= plain, plain
+        assert_matches(model(x), exp, torch.float32)
+
+
+@sm89_only
+def test_materialize_in_l2_sized_chunks_matches_the_whole_batch():
+    """9 samples of 32 x 254 x 254 fp32 values (8.3 MB each) run as chunks of 4, 4 and 1
+    (rules.materialize_chunk): every sample normalized by its own groups, no sample skipped."""
+    case = Case(n=9, c_in=8, c_out=32, h=256, w=256, groups=8)
+    assert rules.materialize_chunk(True, case.n, case.c_out, 254 * 254) == 4
+    model, x, exp = fp32_op(case)
+    with torch.no_grad():
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+            out = model(x)
+            torch.cuda.synchronize()
+        launches = [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA
+                    and e.name == "conv3x3_fma_stats_kernel"]
+        assert len(launches) == 3, launches
+        with fusedconv.plain_triton():
+            twin = model(x)
+    assert_matches(out, exp, torch.float32)
+    assert (out - twin).abs().max().item() <= 1e-5
+
+
+@sm89_only
+@pytest.mark.parametrize("algorithm", ["materialize", "recompute"])
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_fma_matches_float64_and_its_twin(case, algorithm):
+    model, x, exp = fp32_op(case)
+    with torch.no_grad(), fusedconv.forced_algorithm(algorithm):
+        names = kernels_launched(lambda: model(x))
+        assert "conv3x3_fma_stats_kernel" in names, names
+        out = model(x)
+        with fusedconv.plain_triton():
+            twin = model(x)
+    assert_matches(out, exp, torch.float32)
+    assert_matches(twin, exp, torch.float32)
+    assert (out - twin).abs().max().item() <= 1e-5
+
+
+@sm89_only
+@pytest.mark.parametrize("config", ["fma_w128", "fma_w64"])
+def test_each_fma_config_on_a_strided_input(config):
+    """Either config forced, x a window of a larger tensor (its own batch, channel and row
+    strides and an offset), no conv bias or GroupNorm affine parameters (masked-off loads)."""
+    case = Case(n=2, c_in=4, c_out=24, h=9, w=140, groups=6)
+    model, _, _ = fp32_op(case)
+    big = torch.randn(case.n, case.c_in + 2, case.h + 3, case.w + 7, device="cuda")
+    x = big[:, 1:case.c_in + 1, 2:case.h + 2, 4:case.w + 4]
+    args = list(forward_args(model, x))
+    args[2] = args[5] = args[6] = None
+    with torch.no_grad():
+        with fusedconv.forced_config(config):
+            out = torch.ops.fusedconv.forward(*args)
+        with fusedconv.plain_triton():
+            twin = torch.ops.fusedconv.forward(*args)
+        # The same call in float64.
+        conv = torch.nn.functional.conv2d(x.double(), args[1].double())
+        z = torch.sigmoid((conv + args[3].double()[:, None, None]) * args[4].double()[:, None, None])
+        exp = torch.nn.functional.group_norm(z, case.groups, eps=args[8])
+    assert_matches(out, exp.cpu(), torch.float32)
+    assert (out - twin).abs().max().item() <= 1e-5
+
+
+def test_a_forced_fma_config_where_it_cannot_run_is_a_value_error():
+    """Padded, too narrow for the tile, the channels-last algorithm, or not on sm_89 images."""
+    padded = Case(n=1, c_in=3, c_out=8, h=8, w=140, groups=2, padding=(1, 1))
+    narrow = Case(n=1, c_in=3, c_out=8, h=8, w=100, groups=2)
+    wide = Case(n=1, c_in=3, c_out=8, h=8, w=140, groups=2)
+    calls = [(padded, "fma_w64", ""), (narrow, "fma_w128", ""), (wide, "fma_w64", "channels_last")]
+    if not on_sm89_images():
+        calls.append((wide, "fma_w64", ""))
+    for case, config, algorithm in calls:
+        model, x, _ = fp32_op(case)
+        with torch.no_grad(), fusedconv.forced_config(config), fusedconv.forced_algorithm(algorithm):
+            with pytest.raises(ValueError, match="Gluon FMA conv"):
+                model(x)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or on_sm89_images() or torch.cuda.get_device_capability() < (8, 9),
+                    reason="runs where the sm_89 tests above skip: a GPU newer than sm_89 on its own images")
+def test_forced_sm89_ptx():
+    """This file again, in a process that runs the sm_89 PTX (as the forced-PTX suite does)."""
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:warnings", "-p", "no:cacheprovider",
+                        str(Path(__file__)), "-k", "not test_forced_sm89_ptx"],
+                       capture_output=True, text=True, env=fresh_env(tests_on_path=True, FUSEDCONV_FORCE_PTX="89"),
+                       cwd=Path(__file__).resolve().parent)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+    assert " passed" in r.stdout and "skipped" not in r.stdout, r.stdout[-2000:]
