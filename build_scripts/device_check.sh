@@ -57,7 +57,7 @@ run_suite() {  # name, part (all | rest | alone), env...; returns 1 on a failure
   if [ "$part" != rest ]; then
     env "$@" $PY -m pytest "${common[@]}" -m alone >> "$OUT/pytest_$name.log" 2>&1 || rc=1
   fi
-  grep -E "passed|failed|FAILED|ERROR" "$OUT/pytest_$name.log" | tail -8
+  grep -E "^(FAILED|ERROR)|[0-9]+ (passed|failed|skipped|deselected|errors?) " "$OUT/pytest_$name.log" | tail -8
   return $rc
 }
 phase=${1:-all}

@@ -43,6 +43,14 @@ def fp32_op(case, x=None):
     return model, x, exp
 
 
+def float64_forward(x, weight, conv_bias, bias, scale, gn_weight, gn_bias, groups, eps, *_):
+    """The op's arguments (unpadded, unit stride) computed in float64 on the CPU."""
+    d = lambda t: None if t is None else t.detach().double().cpu()  # noqa: E731
+    z = torch.nn.functional.conv2d(d(x), d(weight), d(conv_bias))
+    z = torch.sigmoid((z + d(bias).reshape(-1, 1, 1)) * d(scale).reshape(-1, 1, 1))
+    return torch.nn.functional.group_norm(z, groups, d(gn_weight), d(gn_bias), eps)
+
+
 def kernels_launched(fn):
     """Names of the GPU kernels one call of `fn` launches."""
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
@@ -119,11 +127,8 @@ def test_each_fma_config_on_a_strided_input(config):
             out = torch.ops.fusedconv.forward(*args)
         with fusedconv.plain_triton():
             twin = torch.ops.fusedconv.forward(*args)
-        # The same call in float64.
-        conv = torch.nn.functional.conv2d(x.double(), args[1].double())
-        z = torch.sigmoid((conv + args[3].double()[:, None, None]) * args[4].double()[:, None, None])
-        exp = torch.nn.functional.group_norm(z, case.groups, eps=args[8])
-    assert_matches(out, exp.cpu(), torch.float32)
+        exp = float64_forward(*args)
+    assert_matches(out, exp, torch.float32)
     assert (out - twin).abs().max().item() <= 1e-5
 
 
