@@ -37,10 +37,9 @@ CASES = [
 ]
 
 
-def fp32_op(case, x=None):
-    model, x0, exp = prepared(case, "cuda")
-    x = x0 if x is None else x
-    return model, x, exp
+def fp32_op(case):
+    """(module, input, float64 expectation) of a case in fp32 on the GPU."""
+    return prepared(case, "cuda")
 
 
 def float64_forward(x, weight, conv_bias, bias, scale, gn_weight, gn_bias, groups, eps, *_):

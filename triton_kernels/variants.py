@@ -53,7 +53,7 @@ CL_CONV_CONFIGS = (
 # TC threads along channels, so a program is one row of BLOCK_W = (32 / TC) * WARPS * MT
 # columns by BLOCK_C = CT * TC channels. rules.fma_conv_config picks by W_out (the last column
 # tile is shifted left, so it needs W_out >= BLOCK_W).
-#   fma_w128   CT 4 x MT 8: 92 registers (sm_89 statistics pass); ~80% of the inner loop FFMA
+#   fma_w128   CT 4 x MT 8: 72-96 registers on sm_89; ~80% of the inner loop FFMA
 #   fma_w64    CT 4 x MT 4: the smaller fallback for images 64-127 columns wide
 FMA_CONV_CONFIGS = (
     Config("fma_w128", dict(BLOCK_H=1, BLOCK_W=128, BLOCK_C=32, CT=4, MT=8, TC=8, WARPS=4), num_warps=4, num_stages=1),
