@@ -33,7 +33,9 @@ def fma_configs():
 class GluonLauncher:
     """One Gluon kernel and config: JIT for this GPU, or its sm_<arch> PTX through the driver."""
 
-    def __init__(self, fn, meta, num_warps, arch, fixed=None):
+    def __init__(self, fn, meta, num_warps, arch, fixed=None, maxnreg=0):
+        # ptxas's register budget, as the build gives it (variants.Config.maxnreg)
+        self.options = dict(num_warps=num_warps, **({"maxnreg": maxnreg} if maxnreg else {}))
         self.fn, self.num_warps, self.arch = fn, num_warps, arch
         self.constexprs = dict(meta, **(fixed or {}))
         self.compiled = None
@@ -44,7 +46,7 @@ class GluonLauncher:
             # The build's compile-time facts: the packed weight is 16-byte aligned.
             attrs = {(i,): [["tt.divisibility", 16]] for i, a in enumerate(fn.arg_names) if a == "w_ptr"}
             compiled = triton.compile(GluonASTSource(fn, sig, self.constexprs, attrs),
-                                      target=GPUTarget("cuda", arch, 32), options=dict(num_warps=num_warps))
+                                      target=GPUTarget("cuda", arch, 32), options=self.options)
             compiled.kernel = compiled.asm["ptx"].encode() + b"\0"  # the cubin runs only on its own arch
             self.compiled = compiled
 
@@ -54,7 +56,7 @@ class GluonLauncher:
             every = list(args) + [self.constexprs[a] for a in self.fn.arg_names[len(args):]]
             self.compiled[(grid, 1, 1)](*every)
         else:
-            self.fn[(grid,)](*args, **self.constexprs, num_warps=self.num_warps)
+            self.fn[(grid,)](*args, **self.constexprs, **self.options)
 
 
 def reference(x, w, conv_bias, bias, scale):
@@ -118,8 +120,9 @@ def check(arch):
         (2, 8, 32, 34, 258, 8, False), (2, 5, 20, 9, 132, 4, False), (3, 3, 40, 7, 66, 8, False),
         (1, 8, 32, 5, 130, 8, True), (2, 16, 64, 6, 200, 16, True)]
     for name, cfg in fma_configs().items():
-        stats_k = GluonLauncher(G.conv3x3_fma_stats_kernel, cfg.meta, cfg.num_warps, arch, {"STORE_V": True})
-        norm_k = GluonLauncher(G.conv3x3_fma_norm_kernel, cfg.meta, cfg.num_warps, arch)
+        stats_k = GluonLauncher(G.conv3x3_fma_stats_kernel, cfg.meta, cfg.num_warps, arch, {"STORE_V": True},
+                                cfg.maxnreg)
+        norm_k = GluonLauncher(G.conv3x3_fma_norm_kernel, cfg.meta, cfg.num_warps, arch, None, cfg.maxnreg)
         twin_meta = dict(BLOCK_H=1, BLOCK_W=cfg.meta["BLOCK_W"], BLOCK_C=cfg.meta["BLOCK_C"], BLOCK_K=16,
                          K_STEPS=0, TAPS=3, PRECISION="ieee")
         twin_stats = lambda grid, *a: K.conv_stats_kernel[(grid,)](*a, **twin_meta, STORE_V=True, num_warps=4)  # noqa
@@ -159,8 +162,9 @@ def check(arch):
     return failures
 
 
-def timing(arch, batch):
-    """Each pass alone at the benchmark shape, Gluon and twin, with the FLOP rate."""
+def timing(arch, batch, caps):
+    """Each pass alone at the benchmark shape, Gluon and twin, with the FLOP rate; the Gluon
+    passes also at each register budget in `caps` (ptxas's maxnreg) besides the config's own."""
     x, weight, params = case_inputs(batch, 8, 32, 256, 256, False, 0)
     flop = 2 * batch * 32 * 254 * 254 * 8 * 9
     peak = PEAK_TFLOPS.get(torch.cuda.get_device_name(), float("nan"))
@@ -174,11 +178,13 @@ def timing(arch, batch):
         part = torch.empty(batch, 32, 254 * num_tw, device="cuda")
         geometry = (32, 256, 256, 254, 254, 3, 3, 72, *x.stride(), 1, 1, 0, 0, 1, 1, 254, num_tw, 1, 1)
         twin_meta = dict(BLOCK_H=1, BLOCK_W=bw, BLOCK_C=bc, BLOCK_K=16, K_STEPS=5, TAPS=3, PRECISION="ieee")
-        runs = {
-            "gluon stats": (GluonLauncher(G.conv3x3_fma_stats_kernel, cfg.meta, cfg.num_warps, arch,
-                                          {"STORE_V": False}), "stats"),
-            "gluon norm": (GluonLauncher(G.conv3x3_fma_norm_kernel, cfg.meta, cfg.num_warps, arch), "norm"),
-        }
+        runs = {}
+        for cap in [cfg.maxnreg] + [c for c in caps if c != cfg.maxnreg]:
+            suffix = f" r{cap}" if cap else ""
+            runs["gluon stats" + suffix] = (GluonLauncher(G.conv3x3_fma_stats_kernel, cfg.meta, cfg.num_warps, arch,
+                                                          {"STORE_V": False}, cap), "stats")
+            runs["gluon norm" + suffix] = (GluonLauncher(G.conv3x3_fma_norm_kernel, cfg.meta, cfg.num_warps, arch,
+                                                         None, cap), "norm")
         if not arch:
             runs["twin stats"] = (lambda g, *a: K.conv_stats_kernel[(g,)](*a, **twin_meta, STORE_V=False,
                                                                          num_warps=4), "stats")
@@ -191,14 +197,14 @@ def timing(arch, batch):
                 args = (x, w, conv_bias, bias, scale, gamma, beta, stats, y, *geometry, 8, 4, 1, 1)
             ms = time_ms(lambda _: launch(grid, *args), [None])
             tflops = flop / ms / 1e9
-            print(f"{name} {label:12s} {'sm_%d PTX' % arch if arch else 'native'}: {ms:.3f} ms, {tflops:.1f} TFLOPS "
+            print(f"{name} {label:16s} {'sm_%d PTX' % arch if arch else 'native'}: {ms:.3f} ms, {tflops:.1f} TFLOPS "
                   f"({tflops / peak:.0%} of {torch.cuda.get_device_name()}'s FP32 peak)")
 
 
 def op_timing(batch):
     """The whole op at the benchmark shape, fp32 accurate, on sm_89 images: its default
-    (materialize with the Gluon statistics pass in L2-sized chunks), recompute with both Gluon
-    passes, and the plain-Triton twins' materialize."""
+    (recompute with both Gluon passes), materialize with the Gluon statistics pass in L2-sized
+    chunks, and the plain-Triton twins' materialize."""
     import contextlib
     images = torch.ops.fusedconv._device_images(torch.cuda.current_device())
     if not images.startswith("sm_89"):
@@ -208,8 +214,8 @@ def op_timing(batch):
     model = fusedconv.FusedConvSigmoidGroupNorm(8, 32, 3, 8).cuda()
     x = torch.rand(batch, 8, 256, 256, device="cuda")
     with torch.no_grad():
-        for label, context in (("default: materialize, Gluon, L2 chunks", contextlib.nullcontext()),
-                               ("recompute, Gluon", fusedconv.forced_algorithm("recompute")),
+        for label, context in (("default: recompute, Gluon", contextlib.nullcontext()),
+                               ("materialize in L2 chunks, Gluon", fusedconv.forced_algorithm("materialize")),
                                ("plain Triton: materialize", fusedconv.plain_triton())):
             with context:
                 print(f"op {label:40s} {images}: {time_ms(model, [x]):.3f} ms")
@@ -219,9 +225,10 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--arch", type=int, default=0)
     p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--maxnreg", default="", help="register budgets to time the Gluon passes at too, e.g. 0,112,128")
     a = p.parse_args()
     failures = check(a.arch)
-    timing(a.arch, a.batch)
+    timing(a.arch, a.batch, [int(c) for c in a.maxnreg.split(",") if c])
     op_timing(a.batch)
     print(f"{failures} failures")
     return 1 if failures else 0

@@ -79,7 +79,11 @@ Choice choose(const PolicyInput& in, std::vector<Choice>* tune_candidates) {
                       "on sm_89 images for an unpadded 3 x 3 kernel at unit stride and dilation over x.stride(3) == 1 "
                       "and W_out of at least its tile's width; this call is not such a case (W_out ", str(in.w_out), ")");
   }
-  Choice choice{to_algorithm(rules::default_algorithm(in.mode, in.c_in)), forced.config};
+  // The default algorithm follows the conv that will run: the FMA conv's own, unless a plain
+  // config is forced.
+  const bool runs_fma = forced.config.empty() ? !fma.empty() : forced_fma;
+  Choice choice{to_algorithm(runs_fma ? rules::fma_conv_algorithm() : rules::default_algorithm(in.mode, in.c_in)),
+                forced.config};
   if (forced.algorithm == Algorithm::resident || (!forced.algorithm && config_is_resident)) {
     TORCH_CHECK_VALUE(config_is_resident || resident, "fusedconv.forward: the resident algorithm needs a group "
                       "that fits one of this build's resident configs (BLOCK_C channels x BLOCK_M positions, "

@@ -34,9 +34,9 @@ struct PolicyInput {
 bool is_fma_config(const std::string& config);
 
 // The choice for a call: a forced algorithm or config first; else resident where a group fits
-// and rules::resident_by_default holds; else rules::default_algorithm with the Gluon FMA conv's
-// config where rules::fma_conv_config gives one (unless plain Triton is forced), else
-// rules::conv_config. A forced FMA config where the FMA conv cannot run is a ValueError.
+// and rules::resident_by_default holds; else, where rules::fma_conv_config gives the Gluon FMA
+// conv a config (unless plain Triton is forced), rules::fma_conv_algorithm with that config,
+// else rules::default_algorithm with rules::conv_config. A forced FMA config where the FMA conv cannot run is a ValueError.
 // A forced resident that cannot hold a group is a ValueError, not a silent fallback. Fills
 // `tune_candidates` (every algorithm x config the build carries) when autotuning is on and
 // nothing is forced; leaves it empty otherwise.

@@ -47,6 +47,7 @@ def compile_syntax(source, include_dirs):
 ARGUMENTS = {
     "precision_mode": itertools.product(["fp32", "fp16", "bf16"], [False, True]),
     "default_algorithm": itertools.product(rules.MODES, range(1, 20)),
+    "fma_conv_algorithm": [()],
     "materialize_chunk": itertools.product([False, True], [1, 4, 5, 128], [1, 32, 40], [1, 64516, 1179648]),
     "fma_conv_config": itertools.product([89, 90], rules.MODES, [0, 3], [1, 2], [1, 2], [1, 2],
                                          [63, 64, 127, 128, 129]),

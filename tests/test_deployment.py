@@ -278,7 +278,10 @@ def make_venv(path):
     return python, env
 
 
+# alone: it builds in the checkout's build/, which a second suite running at once (the device
+# check runs the native and the forced-PTX suites together) would build in too.
 @pytest.mark.slow
+@pytest.mark.alone
 def test_wheel_installs_and_runs_without_triton_or_a_compiler(tmp_path):
     """Builds the wheel from this checkout (reusing build/'s cached AOT step), checks its
     contents and metadata, installs it in a fresh venv and runs the op against the reference.

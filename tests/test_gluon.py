@@ -1,7 +1,8 @@
 """The Gluon FMA conv (triton_kernels/conv_fma_gluon.py) inside the op: it runs where
 rules.fma_conv_config says (exact fp32 on sm_89 images, the unpadded 3 x 3 kernel at unit
-stride), materialize then runs in L2-sized chunks (rules.materialize_chunk), both match float64
-and the plain-Triton twins, and fusedconv.plain_triton() selects the twins. The kernels run
+stride), recompute is then the default (rules.fma_conv_algorithm) and materialize runs in
+L2-sized chunks (rules.materialize_chunk), both match float64 and the plain-Triton twins, and
+fusedconv.plain_triton() selects the twins (with the plain default, materialize). The kernels run
 only on sm_89 images, so on a newer GPU without FUSEDCONV_FORCE_PTX=89 the in-process tests
 skip and one test runs this file again in a process that forces the sm_89 PTX."""
 import subprocess
@@ -60,13 +61,17 @@ def kernels_launched(fn):
 
 @sm89_only
 def test_fma_kernels_run_by_default_and_the_switch_selects_the_twins():
-    """Accurate fp32 on sm_89 images materializes with the Gluon statistics pass;
-    plain_triton() runs the plain conv kernel instead."""
+    """Accurate fp32 on sm_89 images recomputes with both Gluon passes; plain_triton() runs
+    the plain conv kernel and its default, materialize, instead. A forced plain config keeps
+    the plain default too."""
     model, x, exp = fp32_op(CASES[0])
     with torch.no_grad():
         names = kernels_launched(lambda: model(x))
-        assert {"conv3x3_fma_stats_kernel", "group_norm_apply_kernel"} <= names, names
-        assert "conv_stats_kernel" not in names and "conv3x3_fma_norm_kernel" not in names, names
+        assert {"conv3x3_fma_stats_kernel", "group_stats_kernel", "conv3x3_fma_norm_kernel"} <= names, names
+        assert not {"conv_stats_kernel", "group_norm_apply_kernel"} & names, names
+        with fusedconv.forced_config("row_c32_k5"):
+            forced = kernels_launched(lambda: model(x))
+        assert {"conv_stats_kernel", "group_norm_apply_kernel"} <= forced, forced
         with fusedconv.plain_triton():
             plain = kernels_launched(lambda: model(x))
         assert not any("fma" in n for n in plain), plain
@@ -81,7 +86,7 @@ def test_materialize_in_l2_sized_chunks_matches_the_whole_batch():
     case = Case(n=9, c_in=8, c_out=32, h=256, w=256, groups=8)
     assert rules.materialize_chunk(True, case.n, case.c_out, 254 * 254) == 4
     model, x, exp = fp32_op(case)
-    with torch.no_grad():
+    with torch.no_grad(), fusedconv.forced_algorithm("materialize"):
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
             out = model(x)
             torch.cuda.synchronize()

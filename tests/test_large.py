@@ -11,8 +11,9 @@ from helpers import reference
 
 pytestmark = [
     pytest.mark.slow,
-    # Under pytest-xdist (the device check), its cases share one worker: two at once would hold 70 GB.
-    pytest.mark.xdist_group("gpu_memory"),
+    # Each case holds ~65 GB of the GPU: the device check runs them after the other tests, one at
+    # a time (two suites at once, each running one, ran every other test out of memory).
+    pytest.mark.alone,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
     pytest.mark.skipif(torch.cuda.is_available() and torch.cuda.mem_get_info()[1] < 60 << 30,
                        reason="needs a GPU with 60 GB"),

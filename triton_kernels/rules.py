@@ -78,11 +78,21 @@ def precision_mode(dtype: str, fp32_highest: bool) -> str:
 
 
 def default_algorithm(mode: str, c_in: int) -> str:
-    """The tiled algorithm a call takes unless resident does: accurate fp32 (three TF32
-    products per MMA on sm_90, FFMA on sm_89) always materializes."""
+    """The tiled algorithm a call takes unless resident or the Gluon FMA conv does
+    (fma_conv_algorithm): accurate fp32 (three TF32 products per MMA on sm_90, Triton's FMA dot
+    on sm_89) materializes."""
     if mode == "accurate" or c_in > CHANNELS_LAST_MAX_C_IN:
         return "materialize"
     return "channels_last"
+
+
+def fma_conv_algorithm() -> str:
+    """The default algorithm where the Gluon FMA conv runs (fma_conv_config gives a config and
+    no config is forced): recompute, the conv twice and y written once. On the RTX 4090 the
+    values' round trip costs more than the second conv (the 4090 model in docs/performance.md:
+    recompute 2.26 ms, materialize in L2-sized chunks ~2.5, unchunked 3.42), and through the
+    sm_89 PTX on the H200 recompute measured fastest too (log, v13 and v14)."""
+    return "recompute"
 
 
 def fma_conv_config(arch: int, mode: str, taps: int, stride_h: int, stride_w: int, dil_h: int, w_out: int) -> str:
