@@ -36,10 +36,10 @@ bool is_fma_config(const std::string& config);
 // The choice for a call: a forced algorithm or config first; else resident where a group fits
 // and rules::resident_by_default holds; else, where rules::fma_conv_config gives the Gluon FMA
 // conv a config (unless plain Triton is forced), rules::fma_conv_algorithm with that config,
-// else rules::default_algorithm with rules::conv_config. A forced FMA config where the FMA conv cannot run is a ValueError.
-// A forced resident that cannot hold a group is a ValueError, not a silent fallback. Fills
-// `tune_candidates` (every algorithm x config the build carries) when autotuning is on and
-// nothing is forced; leaves it empty otherwise.
+// else rules::default_algorithm with rules::conv_config. A forced FMA config where the FMA conv
+// cannot run is a ValueError. A forced resident that cannot hold a group is a ValueError, not
+// a silent fallback. Fills `tune_candidates` (every algorithm x config the build carries) when
+// autotuning is on and nothing is forced; leaves it empty otherwise.
 Choice choose(const PolicyInput& in, std::vector<Choice>* tune_candidates);
 
 // Test and tuning hooks, process-wide: force one block config by name, a conv config or a

@@ -55,10 +55,10 @@ CL_CONV_CONFIGS = (
 # columns by BLOCK_C = CT * TC channels. rules.fma_conv_config picks by W_out (the last column
 # tile is shifted left, so it needs W_out >= BLOCK_W).
 #   fma_w128   CT 4 x MT 8: ~80% of the inner loop FFMA. ptxas gets a budget of 96 registers
-#              (left to itself it takes 72 for the statistics pass, 80 for the normalize pass;
-#              5 programs an SM either way): the passes ran 1.158 / 1.357 ms with it against
-#              1.172 / 1.365 without, within run-to-run noise, and 112 or 128 ran 6-18% slower
-#              (H200, sm_89 PTX; log v14). Session 11's full suites ran on these images
+#              (5 programs an SM; left to itself it takes 72 for the statistics pass and 80 for
+#              the normalize pass, 7 and 6 programs): the passes ran 1.158 / 1.357 ms with it
+#              against 1.172 / 1.365 without, within run-to-run noise, and 112 or 128 ran 6-18%
+#              slower (H200, sm_89 PTX; log v14). Session 11's full suites ran on these images
 #   fma_w64    CT 4 x MT 4: the smaller fallback for images 64-127 columns wide
 FMA_CONV_CONFIGS = (
     Config("fma_w128", dict(BLOCK_H=1, BLOCK_W=128, BLOCK_C=32, CT=4, MT=8, TC=8, WARPS=4), num_warps=4, num_stages=1,
