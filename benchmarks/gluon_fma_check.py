@@ -12,6 +12,7 @@ runs sm_89 images, the whole op with the Gluon kernels' algorithms and the twins
 does; without it both kernels are JIT-compiled for the GPU. Exit status 1 on any mismatch.
 """
 import argparse
+import dataclasses
 import sys
 
 import torch
@@ -33,11 +34,10 @@ def fma_configs():
 class GluonLauncher:
     """One Gluon kernel and config: JIT for this GPU, or its sm_<arch> PTX through the driver."""
 
-    def __init__(self, fn, meta, num_warps, arch, fixed=None, maxnreg=0):
-        # ptxas's register budget, as the build gives it (variants.Config.maxnreg)
-        self.options = dict(num_warps=num_warps, **({"maxnreg": maxnreg} if maxnreg else {}))
-        self.fn, self.num_warps, self.arch = fn, num_warps, arch
-        self.constexprs = dict(meta, **(fixed or {}))
+    def __init__(self, fn, cfg, arch, fixed=None):
+        self.options = cfg.compile_options  # the build's, register budget included
+        self.fn, self.arch = fn, arch
+        self.constexprs = dict(cfg.meta, **(fixed or {}))
         self.compiled = None
         if arch:
             from triton.backends.compiler import GPUTarget
@@ -120,9 +120,8 @@ def check(arch):
         (2, 8, 32, 34, 258, 8, False), (2, 5, 20, 9, 132, 4, False), (3, 3, 40, 7, 66, 8, False),
         (1, 8, 32, 5, 130, 8, True), (2, 16, 64, 6, 200, 16, True)]
     for name, cfg in fma_configs().items():
-        stats_k = GluonLauncher(G.conv3x3_fma_stats_kernel, cfg.meta, cfg.num_warps, arch, {"STORE_V": True},
-                                cfg.maxnreg)
-        norm_k = GluonLauncher(G.conv3x3_fma_norm_kernel, cfg.meta, cfg.num_warps, arch, None, cfg.maxnreg)
+        stats_k = GluonLauncher(G.conv3x3_fma_stats_kernel, cfg, arch, {"STORE_V": True})
+        norm_k = GluonLauncher(G.conv3x3_fma_norm_kernel, cfg, arch)
         twin_meta = dict(BLOCK_H=1, BLOCK_W=cfg.meta["BLOCK_W"], BLOCK_C=cfg.meta["BLOCK_C"], BLOCK_K=16,
                          K_STEPS=0, TAPS=3, PRECISION="ieee")
         twin_stats = lambda grid, *a: K.conv_stats_kernel[(grid,)](*a, **twin_meta, STORE_V=True, num_warps=4)  # noqa
@@ -180,11 +179,11 @@ def timing(arch, batch, caps):
         twin_meta = dict(BLOCK_H=1, BLOCK_W=bw, BLOCK_C=bc, BLOCK_K=16, K_STEPS=5, TAPS=3, PRECISION="ieee")
         runs = {}
         for cap in [cfg.maxnreg] + [c for c in caps if c != cfg.maxnreg]:
+            capped = dataclasses.replace(cfg, maxnreg=cap)
             suffix = f" r{cap}" if cap else ""
-            runs["gluon stats" + suffix] = (GluonLauncher(G.conv3x3_fma_stats_kernel, cfg.meta, cfg.num_warps, arch,
-                                                          {"STORE_V": False}, cap), "stats")
-            runs["gluon norm" + suffix] = (GluonLauncher(G.conv3x3_fma_norm_kernel, cfg.meta, cfg.num_warps, arch,
-                                                         None, cap), "norm")
+            runs["gluon stats" + suffix] = (GluonLauncher(G.conv3x3_fma_stats_kernel, capped, arch,
+                                                          {"STORE_V": False}), "stats")
+            runs["gluon norm" + suffix] = (GluonLauncher(G.conv3x3_fma_norm_kernel, capped, arch), "norm")
         if not arch:
             runs["twin stats"] = (lambda g, *a: K.conv_stats_kernel[(g,)](*a, **twin_meta, STORE_V=False,
                                                                          num_warps=4), "stats")

@@ -79,10 +79,7 @@ def _compile_one(arch, variant_name):
         from triton.experimental.gluon._runtime import GluonASTSource as source
     src = source(variant.fn, signature=V.signature(variant.fn, variant.dtype, constexprs),
                  constexprs=constexprs, attrs=variant.attrs)
-    compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32),
-                              options=dict(num_warps=variant.config.num_warps,
-                                           num_stages=variant.config.num_stages,
-                                           **({"maxnreg": variant.config.maxnreg} if variant.config.maxnreg else {})))
+    compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=variant.config.compile_options)
     md = compiled.metadata
     if md.global_scratch_size or md.profile_scratch_size:
         raise RuntimeError(f"{variant_name} sm_{arch} wants scratch memory "

@@ -87,32 +87,43 @@ if [ "$phase" = compare ]; then
   exit $status
 fi
 
+# Steps of "gluon" and "verify" start only while DEADLINE (seconds since the script began,
+# default 480) leaves a minute.
+time_left() { [ $SECONDS -lt $(( ${DEADLINE:-480} - 60 )) ] || { echo "skipped: $* (deadline)"; false; }; }
+gluon_check() {  # timeout seconds: the Gluon kernels against their twins through the sm_89 PTX
+  FUSEDCONV_FORCE_PTX=89 timeout "$1" $PY benchmarks/gluon_fma_check.py --arch 89 ${GLUON_CHECK_ARGS:-} 2>&1 \
+    | tee "$OUT/gluon_check.txt" || status=1
+}
+bench_both() {  # dtypes, timeout seconds: the benchmark through the sm_89 PTX, then natively
+  for ptx in 89 ""; do
+    time_left bench ptx=$ptx || continue
+    echo "== FUSEDCONV_FORCE_PTX=${ptx:-unset}" | tee -a "$OUT/bench.txt"
+    FUSEDCONV_FORCE_PTX=$ptx timeout "$2" $PY -m fusedconv bench --dtype "$1" --peers fusedconv,eager \
+      2>&1 | tee -a "$OUT/bench.txt" || status=1
+  done
+}
+
 # "gluon": what a Gluon kernel change needs first, in a few minutes: the kernels against their
-# twins and float64 through the sm_89 PTX (each pass, the pipeline by chunk size and the op
-# timed), tests/test_gluon.py (natively it runs itself again under the forced PTX), and the fp32
-# benchmark through the sm_89 PTX and natively.
+# twins and float64 through the sm_89 PTX (each pass and the op timed), tests/test_gluon.py
+# (natively it runs itself again under the forced PTX), and the fp32 benchmark through the
+# sm_89 PTX and natively. GLUON_CHECK_ARGS go to gluon_fma_check.py here and in "verify"
+# (e.g. "--maxnreg 0,112,128").
 if [ "$phase" = gluon ]; then
   step "Gluon kernels against their twins"
-  FUSEDCONV_FORCE_PTX=89 timeout 240 $PY benchmarks/gluon_fma_check.py --arch 89 2>&1 | tee "$OUT/gluon_check.txt" \
-    || status=1
+  gluon_check 240
   step "pytest test_gluon"
   $PY -m pytest tests/test_gluon.py -q -p no:warnings -rfE > "$OUT/pytest_gluon.log" 2>&1 || status=1
   tail -5 "$OUT/pytest_gluon.log"
   step bench
-  for ptx in 89 ""; do
-    echo "== FUSEDCONV_FORCE_PTX=${ptx:-unset}" | tee -a "$OUT/bench.txt"
-    FUSEDCONV_FORCE_PTX=$ptx timeout 120 $PY -m fusedconv bench --dtype fp32 --peers fusedconv,eager \
-      2>&1 | tee -a "$OUT/bench.txt" || status=1
-  done
+  bench_both fp32 120
   step "done, status $status"
   exit $status
 fi
 
 # "verify": both suites at once (their `alone` tests after, one at a time), the Gluon kernels
-# against their twins and float64 through the sm_89 PTX (each pass and the op timed), then the benchmark of every dtype through
-# the sm_89 PTX and natively: what a kernel change needs, in one call. Steps after the suites
-# start only while DEADLINE (seconds since the script began, default 480) leaves a minute.
-# GLUON_CHECK_ARGS go to gluon_fma_check.py (e.g. "--maxnreg 0,112,128").
+# against their twins and float64 through the sm_89 PTX (each pass and the op timed), then the
+# benchmark of every dtype through the sm_89 PTX and natively: what a kernel change needs, in
+# one call.
 if [ "$phase" = verify ]; then
   PYTEST_WORKERS=${PYTEST_WORKERS:-7} run_suite native rest & native=$!
   PYTEST_WORKERS=${PYTEST_WORKERS:-7} run_suite sm89_ptx rest FUSEDCONV_FORCE_PTX=89 & ptx=$!
@@ -120,18 +131,10 @@ if [ "$phase" = verify ]; then
   wait $ptx || status=1
   run_suite native alone || status=1
   run_suite sm89_ptx alone FUSEDCONV_FORCE_PTX=89 || status=1
-  time_left() { [ $SECONDS -lt $(( ${DEADLINE:-480} - 60 )) ] || { echo "skipped: $* (deadline)"; false; }; }
   step "Gluon kernels against their twins"
-  time_left gluon check && { FUSEDCONV_FORCE_PTX=89 timeout 150 $PY benchmarks/gluon_fma_check.py --arch 89 \
-    ${GLUON_CHECK_ARGS:-} 2>&1 \
-    | tee "$OUT/gluon_check.txt" || status=1; }
+  time_left gluon check && gluon_check 150
   step bench
-  for ptx in 89 ""; do
-    time_left bench ptx=$ptx || continue
-    echo "== FUSEDCONV_FORCE_PTX=${ptx:-unset}" | tee -a "$OUT/bench.txt"
-    FUSEDCONV_FORCE_PTX=$ptx timeout 150 $PY -m fusedconv bench --dtype fp32,fp16,bf16 --peers fusedconv,eager \
-      2>&1 | tee -a "$OUT/bench.txt" || status=1
-  done
+  bench_both fp32,fp16,bf16 150
   step "done, status $status"
   exit $status
 fi

@@ -20,6 +20,12 @@ class Config:
     num_stages: int
     maxnreg: int = 0  # ptxas's register budget per thread (0: ptxas picks, as few as it can)
 
+    @property
+    def compile_options(self) -> dict:
+        """triton.compile's options for this config (the AOT build's and the benchmarks')."""
+        return dict(num_warps=self.num_warps, num_stages=self.num_stages,
+                    **({"maxnreg": self.maxnreg} if self.maxnreg else {}))
+
 
 # Conv kernels: a BLOCK_H x BLOCK_W tile of positions (the dot's M, a warpgroup MMA on sm_90)
 # by BLOCK_C channels. Chosen from sweeps on the H200 (docs/performance-log.md, v4, v5, v7): small
