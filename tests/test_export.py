@@ -2,12 +2,15 @@
 
 Statically, by parsing it (both archs): its imports, its top-level order, no forbidden names,
 autotune over the build's configs, kernels and rules that are the source's text, ModelNew's
-constructor; and the op's own rule functions against rules.py. Under the Triton interpreter:
-the file as written (every autotuner over several configs) on CPU tensors, the autotune path
-itself (with a stand-in benchmarker) and fusedconv-jit against the reference; every config and
-flavour of every kernel runs through this file's wrapper in test_kernels_interpreter.py. On
-CUDA, in fresh processes: allclose against the reference on the benchmark shape (fp32 and fp16)
-and odd shapes in every dtype, and `bench --peer FILE`.
+constructor; the Gluon FMA kernels (their source text) and the PLAIN_TRITON switch in the sm_89
+file only; and the op's own rule functions against rules.py. Under the Triton interpreter: the
+file of each arch as written (every autotuner over several configs) on CPU tensors, the autotune
+path itself (with a stand-in benchmarker), fma_config's choices and fusedconv-jit against the
+reference; every config and flavour of every kernel runs through this file's wrapper in
+test_kernels_interpreter.py. On CUDA, in fresh processes: allclose against the reference on the
+benchmark shape (fp32 and fp16) and odd shapes in every dtype, the sm_89 file's Gluon FMA path
+and its twins against float64 with the kernels that ran named by the profiler, and
+`bench --peer FILE`.
 """
 import ast
 import importlib.util
@@ -25,6 +28,7 @@ from helpers import REFERENCE_PATH, Case, expected, fresh_env, random_input, ref
 
 triton = pytest.importorskip("triton")
 from fusedconv import export  # noqa: E402
+from fusedconv.triton_kernels import conv_fma_gluon as G  # noqa: E402
 from fusedconv.triton_kernels import conv_sigmoid_groupnorm as K  # noqa: E402
 from fusedconv.triton_kernels import rules  # noqa: E402
 from fusedconv.triton_kernels import variants as V  # noqa: E402
@@ -32,6 +36,11 @@ from fusedconv.triton_kernels import variants as V  # noqa: E402
 ARCHS = [89, 90]
 ALLOWED_IMPORTS = {"import torch", "import torch.nn as nn", "from torch import nn", "import triton",
                    "import triton.language as tl"}
+# The sm_89 file's own: Gluon, and os for PLAIN_TRITON's default.
+GLUON_IMPORTS = {"import os", "from triton.experimental import gluon",
+                 "from triton.experimental.gluon import language as gl"}
+# The Gluon FMA conv kernels the wrapper launches (the TABLES' FMA_CONV_CONFIGS kernels).
+GLUON_KERNELS = {k for k, table in export.TABLES.items() if table == "FMA_CONV_CONFIGS"}
 FORBIDDEN_TL = {"sigmoid", "tanh", "gelu", "silu", "softmax", "mish"}
 # The autotuned kernels, and which of them each tiled algorithm runs (the normalize passes
 # follow their conv's choice: export.FOLLOWERS; the resident kernel runs a config the wrapper
@@ -65,11 +74,18 @@ def decorators(node):
     return [ast.unparse(d.func if isinstance(d, ast.Call) else d) for d in node.decorator_list]
 
 
+def jit_kind(node):
+    """"triton" or "gluon" for a top-level jit function, else None."""
+    names = decorators(node) if isinstance(node, ast.FunctionDef) else []
+    return "triton" if "triton.jit" in names else "gluon" if "gluon.jit" in names else None
+
+
 def launched(tree):
-    """Names launched as kernel[grid](...) anywhere in the file."""
-    return {n.value.id for n in ast.walk(tree)
-            if isinstance(n, ast.Subscript) and isinstance(n.value, ast.Name) and isinstance(n.ctx, ast.Load)
-            and n.value.id.endswith("_kernel")}
+    """The file's kernels that its wrapper functions name (they launch them, directly or
+    through a local name)."""
+    kernels = {n.name for n in tree.body if jit_kind(n)}
+    wrapper = [n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef)) and not jit_kind(n)]
+    return {n.id for w in wrapper for n in ast.walk(w) if isinstance(n, ast.Name)} & kernels
 
 
 def import_file(path, name):
@@ -90,7 +106,8 @@ def defined(node):
 
 RULES = ast.parse(inspect.getsource(rules))
 RULE_NAMES = set().union(*map(defined, RULES.body[1:]))
-PER_ARCH = {"dot_precision", *export.TABLES.values()}
+# What is rendered per arch; the sm_90 file binds the Gluon kernels' names (to None) there.
+PER_ARCH = {"dot_precision", "fma_config", "PLAIN_TRITON", *export.TABLES.values(), *GLUON_KERNELS}
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -100,13 +117,15 @@ def test_top_level_is_imports_kernels_rules_per_arch_wrappers_modelnew(files, ar
     for node in tree.body:
         if isinstance(node, (ast.Import, ast.ImportFrom)):
             kinds.append("import")
-            assert ast.unparse(node) in ALLOWED_IMPORTS, ast.unparse(node)
+            assert ast.unparse(node) in ALLOWED_IMPORTS | (GLUON_IMPORTS if arch == 89 else set()), ast.unparse(node)
+        elif jit_kind(node):
+            kinds.append("kernel")
         elif defined(node) and defined(node) <= RULE_NAMES:
             kinds.append("rules")
         elif defined(node) and defined(node) <= PER_ARCH:
             kinds.append("per-arch")
         elif isinstance(node, ast.FunctionDef):
-            kinds.append("kernel" if "triton.jit" in decorators(node) else "wrapper")
+            kinds.append("wrapper")
         elif isinstance(node, ast.ClassDef) and node.name == "ModelNew":
             kinds.append("model")
         else:  # no docstring, other constant, test, `if __name__`, get_inputs...
@@ -115,8 +134,11 @@ def test_top_level_is_imports_kernels_rules_per_arch_wrappers_modelnew(files, ar
     assert order == ["import", "kernel", "rules", "per-arch", "wrapper", "model"], order
     imports = {ast.unparse(n) for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))}
     assert {"import torch", "import triton", "import triton.language as tl"} <= imports
+    assert (GLUON_IMPORTS <= imports) == (arch == 89) and (GLUON_IMPORTS & imports == set()) == (arch != 89)
     assert imports & {"import torch.nn as nn", "from torch import nn"}
-    names = {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+    defs = [n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))]
+    assert len(defs) == len(set(defs)), "a name defined twice: the later one would shadow the first for every caller"
+    names = set(defs)
     assert not names & {"get_inputs", "get_init_inputs", "Model"}
     assert not any(n.startswith("test") for n in names)
 
@@ -138,8 +160,13 @@ def test_no_forbidden_functions_and_no_fusedconv(files, arch):
 @pytest.mark.parametrize("arch", ARCHS)
 def test_autotune_over_the_builds_configs_on_each_launched_kernel(files, arch):
     tree = tree_of(files, arch)
-    kernels = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef) and "triton.jit" in decorators(n)}
-    assert launched(tree) == set(AUTOTUNED) | set(export.FOLLOWERS) | set(export.TABLES)
+    kernels = {n.name: n for n in tree.body if jit_kind(n) == "triton"}
+    gluon = set(GLUON_KERNELS) if arch == 89 else set()
+    assert launched(tree) == set(AUTOTUNED) | set(export.FOLLOWERS) | set(export.TABLES) - GLUON_KERNELS | gluon
+    for node in tree.body:  # the Gluon kernels run fma_config's config: tile counts from it, no autotuner
+        if jit_kind(node) == "gluon":
+            heuristics = ["triton.heuristics"] if node.name in GLUON_KERNELS else []
+            assert decorators(node) == heuristics + ["gluon.jit"], node.name
     for name, node in kernels.items():
         autotune = [d for d in node.decorator_list if isinstance(d, ast.Call) and ast.unparse(d.func) == "triton.autotune"]
         if name not in AUTOTUNED:
@@ -194,6 +221,42 @@ def test_kernels_are_the_source_text(files, arch):
     called = set().union(*({c.func.id for c in ast.walk(n) if isinstance(c, ast.Call) and isinstance(c.func, ast.Name)}
                            for n in emitted))
     assert called & set(src) <= set(names)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_gluon_kernels_are_the_source_text_on_sm89_only(files, arch):
+    """The sm_89 file carries the @gluon.jit functions of conv_fma_gluon.py that its wrapper
+    launches and every one they call, as the source's text, in source order, except that a
+    helper whose name the file binds otherwise is renamed, with its calls; so no Gluon function
+    calls a @triton.jit one. The sm_90 file carries none and binds the kernels' names to None."""
+    text = files[arch].read_text()
+    tree = tree_of(files, arch)
+    emitted = [n for n in tree.body if jit_kind(n) == "gluon"]
+    if arch != 89:
+        assert not emitted and "@gluon.jit" not in text
+        stubs = [n for n in tree.body if defined(n) & GLUON_KERNELS]
+        assert len(stubs) == 1 and defined(stubs[0]) == GLUON_KERNELS and ast.unparse(stubs[0].value) == "None"
+        return
+    source = inspect.getsource(G)
+    src = {n.name: ast.get_source_segment(source, n) for n in ast.parse(source).body if isinstance(n, ast.FunctionDef)}
+    others = set().union(*(defined(n) for n in tree.body if jit_kind(n) != "gluon"))
+    renames = export.gluon_renames(set(src), others)
+    original = {renames.get(name, name): name for name in src}
+    for node in emitted:
+        assert ast.get_source_segment(text, node) == export.renamed(src[original[node.name]], renames)
+    names = [original[n.name] for n in emitted]
+    assert names == [n for n in src if n in names], "source order"
+    assert GLUON_KERNELS <= set(names)
+    called = set().union(*({c.func.id for c in ast.walk(n) if isinstance(c, ast.Call) and isinstance(c.func, ast.Name)}
+                           for n in emitted))
+    assert not called & {n.name for n in tree.body if jit_kind(n) == "triton"}
+    assert {original.get(c, c) for c in called} & set(src) <= set(names)
+
+
+def test_renamed_replaces_names_only():
+    text = 'def f(a):\n    """g"""\n    return g(a) + x.g + f"g"  # g\n'
+    assert export.renamed(text, {"g": "_h", "f": "k"}) == 'def k(a):\n    """g"""\n    return _h(a) + x.g + f"g"  # g\n'
+    assert export.gluon_renames({"_a", "b", "c"}, {"_a", "b", "d"}) == {"_a": "_gluon_a", "b": "_gluon_b"}
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -303,11 +366,13 @@ def assert_close_to_reference(out, exp, dtype):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
-def test_the_file_as_written_runs_under_the_interpreter(files, interpreter, dtype):
+@pytest.mark.parametrize("arch", ARCHS)
+def test_the_file_as_written_runs_under_the_interpreter(files, interpreter, arch, dtype):
     """Unpinned, every autotuner over several configs: the interpreter has no benchmarker, so
     nothing is timed and each kernel runs its first config. ModelNew's default (resident on a
-    small problem) and each tiled algorithm match the reference."""
-    module = import_file(files[90], f"exported_as_written_{str(dtype)[6:]}")
+    small problem) and each tiled algorithm match the reference. The sm_89 file imports Gluon
+    and defines its kernels, and runs their plain-Triton twins here."""
+    module = import_file(files[arch], f"exported_as_written_sm{arch}_{str(dtype)[6:]}")
     case = Case(n=1, c_in=3, c_out=8, h=9, w=11, groups=2)
     ref = reference_model(case)
     model = module.ModelNew(*reference.get_init_inputs(case.c_in, case.c_out, case.kernel, case.groups))
@@ -320,6 +385,35 @@ def test_the_file_as_written_runs_under_the_interpreter(files, interpreter, dtyp
     for name in AUTOTUNED:
         tuner = getattr(module, name)
         assert len(tuner.configs) > 1 and tuner.best_config == tuner.configs[0], name
+
+
+# fma_config's arguments (mode, taps, stride_h, stride_w, dil_h, w_out) on both sides of each rule.
+FMA_CALLS = [(mode, taps, sh, sw, dh, w_out) for mode in rules.MODES for taps in (0, 3)
+             for sh, sw, dh in ((1, 1, 1), (2, 1, 1), (1, 2, 1), (1, 1, 2)) for w_out in (63, 64, 127, 128, 300)]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_fma_config_follows_the_rules_the_switch_and_the_interpreter(files, interpreter, monkeypatch, arch):
+    """fma_config gives FMA_CONV_CONFIGS[fma_conv_config(arch, ...)] (variants.FMA_CONV_CONFIGS)
+    on sm_89 and nothing on sm_90; nothing with PLAIN_TRITON, which FUSEDCONV_PLAIN_TRITON=1 at
+    import sets, and nothing under TRITON_INTERPRET=1."""
+    module = import_file(files[arch], f"exported_fma_config_sm{arch}")
+    assert all(module.fma_config(*call) is None for call in FMA_CALLS)  # the interpreter cannot run Gluon
+    if arch == 89:
+        for env, plain in (("1", True), ("0", False), ("", False)):
+            monkeypatch.setenv("FUSEDCONV_PLAIN_TRITON", env)
+            assert import_file(files[arch], f"exported_fma_plain_{env}").PLAIN_TRITON is plain
+        assert {name: (c.kwargs, c.num_warps, c.num_stages, c.maxnreg) for name, c in module.FMA_CONV_CONFIGS.items()} \
+            == {c.name: (c.meta, c.num_warps, c.num_stages, c.maxnreg or None) for c in V.FMA_CONV_CONFIGS}
+    with triton.knobs.runtime.scope():
+        triton.knobs.runtime.interpret = False  # as on a GPU
+        for call in FMA_CALLS:
+            name = rules.fma_conv_config(arch, *call)
+            assert module.fma_config(*call) is (module.FMA_CONV_CONFIGS[name] if name else None), call
+        assert any(module.fma_config(*call) for call in FMA_CALLS) == (arch == 89)
+        if arch == 89:
+            monkeypatch.setattr(module, "PLAIN_TRITON", True)
+            assert all(module.fma_config(*call) is None for call in FMA_CALLS)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
@@ -401,7 +495,8 @@ def test_more_than_8_input_channels_run_materialize_under_the_interpreter(files,
 
 # --- CUDA, in fresh processes (conftest's TRITON_INTERPRET stays out of them) -----------------
 
-CHECK = textwrap.dedent('''
+# Both GPU scripts' start: the exported file as `mod`, the reference as `ref_mod`, no TF32 in cuDNN.
+LOAD = '''
     import importlib.util, json, sys
     import torch
     spec = importlib.util.spec_from_file_location("model_new", sys.argv[1])
@@ -411,10 +506,10 @@ CHECK = textwrap.dedent('''
     ref_mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(ref_mod)
     torch.backends.cudnn.allow_tf32 = False
-    import fusedconv.triton_jit as jit
-    results = []
-    for n, c_in, c_out, h, w, k, g, dtype in json.loads(sys.argv[3]):
-        dtype = getattr(torch, dtype)
+
+
+    def models(c_in, c_out, k, g):
+        """(reference, ModelNew) on the GPU with the same random parameters, GroupNorm's too."""
         torch.manual_seed(0)
         init = ref_mod.get_init_inputs(c_in, c_out, k, g)
         ref = ref_mod.Model(*init).cuda()
@@ -423,7 +518,16 @@ CHECK = textwrap.dedent('''
             ref.group_norm.bias.normal_()
         model = mod.ModelNew(*init)
         model.load_state_dict(ref.state_dict())
-        model = model.cuda().to(dtype)
+        return ref, model.cuda()
+'''
+
+CHECK = textwrap.dedent(LOAD + '''
+    import fusedconv.triton_jit as jit
+    results = []
+    for n, c_in, c_out, h, w, k, g, dtype in json.loads(sys.argv[3]):
+        dtype = getattr(torch, dtype)
+        ref, model = models(c_in, c_out, k, g)
+        model = model.to(dtype)
         x = torch.rand(n, c_in, h, w, device="cuda")
         with torch.no_grad():
             expect = ref(x)
@@ -457,8 +561,9 @@ CUDA_SHAPES = [
 @cuda
 @pytest.mark.parametrize("arch", ARCHS)
 def test_exported_file_matches_the_reference_on_cuda(tmp_path, arch):
-    """Both archs' files run on any recent GPU: they differ only in the fp32 tl.dot precision
-    (sm_89's exact FMA path is what an RTX 4090 runs)."""
+    """Both archs' files run on any recent GPU: they differ in the fp32 tl.dot precision (sm_89's
+    exact FMA path is what an RTX 4090 runs) and in the sm_89 file's Gluon FMA conv, which Triton
+    compiles for the GPU at hand (test_sm89_file_runs_the_gluon_fma_conv_on_cuda)."""
     path = tmp_path / "fusedconv_model_new.py"
     path.write_text(export.render(arch))
     r = subprocess.run([sys.executable, "-c", CHECK, str(path), str(REFERENCE_PATH), json.dumps(CUDA_SHAPES)],
@@ -467,6 +572,83 @@ def test_exported_file_matches_the_reference_on_cuda(tmp_path, arch):
     results = json.loads(r.stdout.split("RESULTS ", 1)[1])
     assert len(results) == len(CUDA_SHAPES)
     assert all(res["ok"] for res in results), r.stdout
+
+
+GLUON_CHECK = textwrap.dedent(LOAD + '''
+    torch.backends.cuda.matmul.allow_tf32 = False
+    results = []
+    for n, c_in, c_out, h, w, g, algorithm in json.loads(sys.argv[3]):
+        ref, model = models(c_in, c_out, 3, g)
+        x = torch.rand(n, c_in, h, w, device="cuda")
+        c, gn = model.conv, model.group_norm
+        call = lambda: mod.conv_sigmoid_group_norm(x, c.weight, c.bias, model.bias, model.scale, gn.weight, gn.bias,
+                                                   gn.num_groups, gn.eps, c.stride, c.padding, c.dilation,
+                                                   algorithm=algorithm)
+        with torch.no_grad():
+            expect = ref.double()(x.double())
+            first = call()  # compiles, and tunes the autotuned kernels
+            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+                out = call()
+                torch.cuda.synchronize()
+        names = [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+        results.append(dict(shape=[n, c_in, c_out, h, w, g], algorithm=algorithm, plain=mod.PLAIN_TRITON,
+                            err=max((o.double() - expect).abs().max().item() for o in (first, out)),
+                            ok=all(torch.allclose(o.double(), expect, atol=1e-4, rtol=1e-4) for o in (first, out)),
+                            launches={k: names.count(k) for k in set(names)}))
+        print(results[-1], flush=True)
+    print("RESULTS " + json.dumps(results))
+''')
+
+# (N, C_in, C_out, H, W, groups, algorithm) where the sm_89 file's fma_config gives a config:
+# fma_w128 on a ragged last column tile (W_out 258), by default (recompute) and forced
+# materialize; C_out 20 (one ragged channel block); fma_w64 (W_out 98) over two channel blocks;
+# and materialize in two L2-sized chunks (6 samples of 8.3 MB values: chunks of 4 and 2).
+GLUON_SHAPES = [
+    (2, 8, 32, 34, 260, 8, None),
+    (2, 8, 32, 34, 260, 8, "materialize"),
+    (3, 5, 20, 9, 132, 4, None),
+    (2, 3, 40, 7, 100, 4, "recompute"),
+    (2, 3, 40, 7, 100, 4, "materialize"),
+    (6, 8, 32, 256, 256, 8, "materialize"),
+]
+
+
+@cuda
+@pytest.mark.parametrize("plain", [False, True], ids=["gluon", "FUSEDCONV_PLAIN_TRITON=1"])
+def test_sm89_file_runs_the_gluon_fma_conv_on_cuda(tmp_path, plain):
+    """The sm_89 file on the GPU at hand (Triton compiles its Gluon kernels for it) in exact
+    fp32 against float64 at KernelBench's 1e-4, the tuned call profiled: the Gluon FMA conv
+    kernels and only they run the conv (recompute by default, fma_conv_algorithm; materialize
+    one statistics launch per chunk of materialize_chunk samples); with FUSEDCONV_PLAIN_TRITON=1
+    their plain-Triton twins run instead, with the plain default, materialize."""
+    path = tmp_path / "fusedconv_sm89.py"
+    path.write_text(export.render(89))
+    env = fresh_env(FUSEDCONV_PLAIN_TRITON="1" if plain else "0")
+    r = subprocess.run([sys.executable, "-c", GLUON_CHECK, str(path), str(REFERENCE_PATH), json.dumps(GLUON_SHAPES)],
+                       capture_output=True, text=True, timeout=900, env=env, cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    results = json.loads(r.stdout.split("RESULTS ", 1)[1])
+    assert len(results) == len(GLUON_SHAPES)
+    for (n, _, c_out, h, w, _, algorithm), res in zip(GLUON_SHAPES, results):
+        assert res["ok"] and res["plain"] == plain, res
+        ran = res["launches"]
+        if plain:
+            assert not any("fma" in name for name in ran), res
+            algorithm = algorithm or rules.default_algorithm("accurate", 8)
+            conv = {"materialize": ("conv_stats_kernel", "group_norm_apply_kernel"),
+                    "recompute": ("conv_stats_kernel", "conv_norm_kernel")}[algorithm]
+            assert set(conv) <= set(ran), res
+            continue
+        assert rules.fma_conv_config(89, "accurate", 3, 1, 1, 1, w - 2), res
+        assert not {"conv_stats_kernel", "conv_norm_kernel"} & set(ran), res
+        if (algorithm or rules.fma_conv_algorithm()) == "recompute":
+            assert ran.get("conv3x3_fma_stats_kernel") == ran.get("conv3x3_fma_norm_kernel") == 1, res
+            assert "group_norm_apply_kernel" not in ran, res
+        else:
+            chunks = -(-n // rules.materialize_chunk(True, n, c_out, (h - 2) * (w - 2)))
+            assert ran.get("conv3x3_fma_stats_kernel") == ran.get("group_norm_apply_kernel") == chunks, res
+            assert "conv3x3_fma_norm_kernel" not in ran, res
+    assert -(-6 // rules.materialize_chunk(True, 6, 32, 254 * 254)) > 1  # the last shape runs several chunks
 
 
 @cuda

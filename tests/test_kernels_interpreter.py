@@ -5,7 +5,9 @@ reference, launched by the one Python launch sequence: the exported file's wrapp
 one config, which an autotuner with a single config runs untimed). Every buffer it allocates is
 NaN-poisoned, so an element no kernel writes shows, and its steps' outputs are checked as they
 run. Checks the kernels' index math, masking and statistics and the wrapper's choices without a
-GPU; codegen, races and TF32 rounding stay with the CUDA tests."""
+GPU; codegen, races and TF32 rounding stay with the CUDA tests. The Gluon FMA conv kernels cannot be
+interpreted: the wrapper's sequences around them (the weight packed, recompute as the default,
+materialize in chunks of samples) run here with their plain-Triton twins standing in for them."""
 import pytest
 import torch
 
@@ -108,7 +110,7 @@ def wrapper(monkeypatch, fp32_matmul_precision):
             monkeypatch.setattr(module, step, _checked(getattr(module, step), check))
         launches = []
         for name, kernel in list(vars(module).items()):
-            if name.endswith("_kernel"):
+            if name.endswith("_kernel") and kernel is not None:  # None: the sm_90 file's Gluon kernel names
                 while isinstance(kernel, (Autotuner, Heuristics)):
                     kernel = kernel.fn
                 monkeypatch.setattr(kernel, "run", _recording(launches, name, kernel.run))
@@ -290,3 +292,89 @@ def test_default_algorithm_is_the_ops(wrapper, dtype):
     assert tiled[rules.default_algorithm("accurate" if dtype == "fp32" else "native", 3)] in {n for n, _ in launches}
     with pytest.raises(ValueError, match="resident algorithm needs a group"):
         run(module, wide, dtype, "resident")
+
+
+class _TwinForGluon:
+    """A Gluon FMA conv kernel's stand-in on the CPU: checks that the wrapper launches it at the
+    FMA config over the packed weight (zero past C_out), then runs its plain-Triton twin at the
+    same tiles (one output row by BLOCK_W columns by BLOCK_C channels, exact fp32) over the
+    weight unpacked, as benchmarks/gluon_fma_check.py compares them on a GPU."""
+
+    def __init__(self, twin, config, launches, name):
+        # Past the twin's autotuner (it runs the FMA tiles), not its heuristics (the tile counts).
+        self.twin = twin.fn if isinstance(twin, Autotuner) else twin
+        self.config, self.launches, self.name, self.arg_names = config, launches, name, twin.arg_names
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            fixed = {k: kwargs.pop(k) for k in self.config.all_kwargs()}
+            assert fixed == self.config.all_kwargs(), (self.name, fixed)
+            assert "PRECISION" not in kwargs and "TAPS" not in kwargs, self.name
+            self.launches.append((self.name, args[0].shape[0], kwargs.get("STORE_V")))
+            args = list(args)
+            wk, c_out, k_total = args[1], args[self.arg_names.index("C_out")], args[self.arg_names.index("K_total")]
+            block_c = self.config.kwargs["BLOCK_C"]
+            assert wk.shape == (-(-c_out // block_c), k_total, block_c), (self.name, wk.shape)
+            rows = wk.transpose(1, 2).reshape(-1, k_total)
+            assert (rows[c_out:] == 0).all(), "padding channels not zero"
+            args[1] = rows[:c_out].contiguous()
+            tile = {k: self.config.kwargs[k] for k in ("BLOCK_H", "BLOCK_W", "BLOCK_C")}
+            self.twin[grid](*args, **kwargs, **tile, BLOCK_K=16, K_STEPS=0, TAPS=3, PRECISION="ieee", num_warps=4,
+                            num_stages=1)
+        return launch
+
+
+# Where the FMA conv runs: W_out 68 (fma_w64) and 130 (fma_w128, a ragged second column tile),
+# C_out past one 32-channel block, 3 and 2 samples; 10 channels a group, which no resident
+# config holds (so the default is the tiled one) and which straddle a channel block.
+FMA_CASES = [Case(n=3, c_in=3, c_out=40, h=5, w=70, groups=4), Case(n=2, c_in=2, c_out=20, h=4, w=132, groups=2)]
+
+
+@pytest.mark.parametrize("chunk", [1, 2, None], ids=lambda c: f"chunk{c}")
+@pytest.mark.parametrize("algorithm", ["materialize", "recompute", None], ids=str)
+@pytest.mark.parametrize("case", FMA_CASES, ids=str)
+def test_the_wrappers_gluon_fma_sequences_with_the_twins_standing_in(wrapper, monkeypatch, case, algorithm, chunk):
+    """The sm_89 file's sequences around the Gluon FMA kernels, which the interpreter cannot run:
+    fma_config as on a GPU (the interpreter makes it give none), the Gluon kernels replaced by
+    _TwinForGluon, every buffer NaN. The config by W_out; the default algorithm
+    fma_conv_algorithm's (recompute); materialize once per chunk of materialize_chunk samples
+    (patched to `chunk`: these samples are far below its L2 budget, which keeps them in one),
+    each chunk's values normalized by its own groups' statistics."""
+    module, launches = wrapper(89, "fp32")
+    h_out, w_out = output_size(case)
+    name = rules.fma_conv_config(89, "accurate", 3, 1, 1, 1, w_out)
+    config = module.FMA_CONV_CONFIGS[name]
+    assert rules.materialize_chunk(True, case.n, case.c_out, h_out * w_out) == case.n
+    monkeypatch.setattr(module, "fma_config", lambda *args: module.FMA_CONV_CONFIGS[module.fma_conv_config(89, *args)])
+    if chunk:
+        monkeypatch.setattr(module, "materialize_chunk", lambda fma_conv, n, c_out, hw_out: chunk if fma_conv else n)
+    ran = []
+    for gluon, twin in (("conv3x3_fma_stats_kernel", "conv_stats_kernel"),
+                        ("conv3x3_fma_norm_kernel", "conv_norm_kernel")):
+        monkeypatch.setattr(module, gluon, _TwinForGluon(getattr(module, twin), config, ran, gluon))
+    run(module, case, "fp32", algorithm)
+    if (algorithm or rules.fma_conv_algorithm()) == "recompute":
+        assert ran == [("conv3x3_fma_stats_kernel", case.n, False), ("conv3x3_fma_norm_kernel", case.n, None)]
+    else:
+        sizes = [min(chunk or case.n, case.n - n0) for n0 in range(0, case.n, chunk or case.n)]
+        assert ran == [("conv3x3_fma_stats_kernel", size, True) for size in sizes]
+        assert [n for n, _ in launches if n != "conv_stats_kernel"] == \
+            ["group_stats_kernel", "group_norm_apply_kernel"] * len(sizes)
+    tiles = {(kw["BLOCK_H"], kw["BLOCK_W"], kw["BLOCK_C"]) for n, kw in launches if n.startswith("conv")}
+    assert tiles == {(1, config.kwargs["BLOCK_W"], config.kwargs["BLOCK_C"])}
+
+
+@pytest.mark.parametrize("block_c", [8, 32])
+def test_fma_weight_is_packed_per_channel_block(wrapper, block_c):
+    """[ceil(C_out / block_c), C_in * 9, block_c], element [b, k, j] the weight of output
+    channel b * block_c + j at k, channels past C_out zero; every element written (the buffer
+    is NaN from _empty)."""
+    module, _ = wrapper(89, "fp32", checks=False)
+    weight = torch.randn(20, 3, 3, 3)
+    wk = module._fma_weight(weight, block_c)
+    blocks = -(-20 // block_c)
+    assert wk.shape == (blocks, 27, block_c) and wk.is_contiguous()
+    for b in range(blocks):
+        for j in range(block_c):
+            c = b * block_c + j
+            assert torch.equal(wk[b, :, j], weight[c].reshape(-1) if c < 20 else torch.zeros(27)), (b, j)

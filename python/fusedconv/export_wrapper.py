@@ -7,24 +7,30 @@ also verbatim), and fusedconv.triton_jit and tests/test_kernels_interpreter.py r
 So they may use torch, nn and triton only (the file's imports), the rules imported below, and
 the names set to None here, which the exported file defines above them: the kernels (under
 @triton.autotune, except the FOLLOWERS of export.py, which run the config the conv kernel
-before them chose, and the resident kernel, which runs one of RESIDENT_CONFIGS), and
-dot_precision and RESIDENT_CONFIGS, rendered from variants.py for the file's arch.
+before them chose, and the TABLES' kernels, which run a config the wrapper picks: the resident
+kernel one of RESIDENT_CONFIGS, the Gluon FMA conv kernels the one fma_config gives), and
+what is rendered per arch: dot_precision, RESIDENT_CONFIGS and fma_config (on sm_89 with the
+Gluon kernels' configs and the PLAIN_TRITON switch; elsewhere it gives none, and the file
+carries no Gluon kernel and binds their names to None).
 
 Block sizes are the autotuner's choice, so nothing here assumes one: grids are lambdas over
 META, the tile counts the conv kernels take (and the channels-last kernels' UNIT flavour) come
 from @triton.heuristics on the same config (export.py, DERIVED), and the kernels after a conv
-kernel read its tile size from the conv's best_config after the launch.
+kernel read its tile size from the conv's best_config after the launch (or from the FMA config
+that ran).
 """
 import torch
 import torch.nn as nn
 import triton
 
 from .triton_kernels.rules import (ALGORITHMS, channels_last_taps, channels_last_unit, conv_taps, default_algorithm,
-                                   output_size, precision_mode, resident_by_default, resident_fits)
+                                   fma_conv_algorithm, materialize_chunk, output_size, precision_mode,
+                                   resident_by_default, resident_fits)
 
 conv_stats_kernel = conv_norm_kernel = group_stats_kernel = group_norm_apply_kernel = None
 to_channels_last_kernel = pack_weight_kernel = conv_cl_stats_kernel = conv_cl_norm_kernel = None
-conv_resident_kernel = dot_precision = RESIDENT_CONFIGS = None
+conv3x3_fma_stats_kernel = conv3x3_fma_norm_kernel = None
+conv_resident_kernel = dot_precision = RESIDENT_CONFIGS = fma_config = None
 
 
 def conv_sigmoid_group_norm(x, weight, conv_bias, bias, scale, gn_weight, gn_bias, num_groups,
@@ -33,7 +39,9 @@ def conv_sigmoid_group_norm(x, weight, conv_bias, bias, scale, gn_weight, gn_bia
     one dtype (float32, float16 or bfloat16; CPU tensors under TRITON_INTERPRET=1), zero
     padding, conv groups 1; conv_bias, gn_weight and gn_bias may be None. `algorithm` (one of
     ALGORITHMS) overrides the choice fusedconv's op makes: resident for small problems whose
-    groups fit one of RESIDENT_CONFIGS, else default_algorithm (channels_last for fp16, bf16
+    groups fit one of RESIDENT_CONFIGS, else fma_conv_algorithm (recompute) where the Gluon FMA
+    conv runs (fma_config gives a config: exact fp32 on sm_89, the unpadded 3 x 3 kernel at
+    unit stride, W_out at least one tile), else default_algorithm (channels_last for fp16, bf16
     and TF32 over at most 8 input channels, materialize otherwise).
     Unvalidated: the fusedconv op checks its arguments; this file trusts them."""
     if algorithm is not None and algorithm not in ALGORITHMS:
@@ -47,10 +55,13 @@ def conv_sigmoid_group_norm(x, weight, conv_bias, bias, scale, gn_weight, gn_bia
         return y
     dtype, mode = _precision(x.dtype)
     resident = _resident_config(c_out // num_groups, h_out * w_out)
+    taps = conv_taps(kh, kw, padding[0], padding[1], dilation[1], x.stride(3))
+    fma = fma_config(mode, taps, stride[0], stride[1], dilation[0], w_out)
     if algorithm is None:
         macs = n * c_out * h_out * w_out * c_in * kh * kw
         small = resident is not None and resident_by_default(n * num_groups, macs)
-        algorithm = "resident" if small else default_algorithm(mode, c_in)
+        tiled = default_algorithm(mode, c_in) if fma is None else fma_conv_algorithm()
+        algorithm = "resident" if small else tiled
     # A missing parameter is a masked-off load: any tensor serves as its pointer.
     params = [(t if t is not None else bias).reshape(-1).contiguous()
               for t in (conv_bias, bias, scale, gn_weight, gn_bias)]
@@ -64,7 +75,7 @@ def conv_sigmoid_group_norm(x, weight, conv_bias, bias, scale, gn_weight, gn_bia
     precision = dot_precision(dtype, mode)
     if algorithm == "channels_last":
         return _channels_last(*operands, precision)
-    return _nchw(*operands, precision, algorithm == "materialize")
+    return _nchw(*operands, precision, taps, fma, algorithm == "materialize")
 
 
 def _empty(*shape, device, dtype):
@@ -112,37 +123,58 @@ def _resident(x, weight, params, num_groups, eps, stride, padding, dilation, y, 
     return y
 
 
-def _nchw(x, weight, params, num_groups, eps, stride, padding, dilation, y, precision, materialize):
+def _nchw(x, weight, params, num_groups, eps, stride, padding, dilation, y, precision, taps, fma, materialize):
     """The NCHW sequences into y: conv + statistics over x as it is, merge, then either
     normalize the fp32 values the conv stored (materialize) or run the conv again,
-    normalized (recompute)."""
+    normalized (recompute). With an FMA config (fma_config), the conv passes are the Gluon
+    FMA kernels at that config over the weight packed for them, and materialize runs the
+    sequence once per chunk of materialize_chunk samples, as the op does."""
     n, _, h, w = x.shape
     c_out, _, kh, kw = weight.shape
     _, _, h_out, w_out = y.shape
+    if fma is None:
+        kernels = (conv_stats_kernel, conv_norm_kernel)
+        wk, flavour = weight.reshape(c_out, -1).contiguous(), dict(PRECISION=precision, TAPS=taps)
+    else:
+        # The twins' arguments, without their tl.dot precision and flavour constexprs; no
+        # autotuner: they run the config the rules named.
+        kernels = (conv3x3_fma_stats_kernel, conv3x3_fma_norm_kernel)
+        wk, flavour = _fma_weight(weight, fma.kwargs["BLOCK_C"]), fma.all_kwargs()
+    geometry = (c_out, h, w, h_out, w_out, kh, kw, weight[0].numel(), *x.stride(), *stride, *padding, *dilation)
+    samples = materialize_chunk(fma is not None, n, c_out, h_out * w_out) if materialize else n
+    for n0 in range(0, n, samples):
+        _nchw_passes(x[n0:n0 + samples], wk, params, num_groups, eps, geometry, y[n0:n0 + samples], kernels, fma,
+                     flavour, materialize)
+    return y
+
+
+def _nchw_passes(x, wk, params, num_groups, eps, geometry, y, kernels, fma, flavour, materialize):
+    """One _nchw sequence over the samples of x into y: `kernels` the (statistics, normalize)
+    conv kernels, launched with `flavour`; `fma` the Gluon FMA config they run, or None (the
+    plain kernels' autotuners choose)."""
+    n, c_out, h_out, w_out = y.shape
     conv_bias, bias, scale, gamma, beta, has_conv_bias, has_gamma, has_beta = params
-    part_mean, part_m2 = _partials(n, c_out, h_out, w_out, conv_stats_kernel.configs, x.device)
+    stats_kernel, norm_kernel = kernels
+    part_mean, part_m2 = _partials(n, c_out, h_out, w_out, stats_kernel.configs if fma is None else [fma], x.device)
     # fp32 values are normalized in place (group_norm_apply_kernel's autotuner restores y
     # between its timing runs); half inputs need an fp32 buffer of their own. Without
     # STORE_V the kernel neither reads nor writes v_ptr.
     values = part_mean if not materialize else y if x.dtype == torch.float32 else \
         _empty(n, c_out, h_out * w_out, device=x.device, dtype=torch.float32)
-    wk = weight.reshape(c_out, -1).contiguous()
-    geometry = (c_out, h, w, h_out, w_out, kh, kw, wk.shape[1], *x.stride(), *stride, *padding, *dilation)
-    taps = conv_taps(kh, kw, padding[0], padding[1], dilation[1], x.stride(3))
     grid = _conv_grid(n, h_out, w_out, c_out)
-    conv_stats_kernel[grid](x, wk, conv_bias, bias, scale, part_mean, part_m2, values, *geometry,
-                            has_conv_bias=has_conv_bias, PRECISION=precision, STORE_V=materialize, TAPS=taps)
-    best = conv_stats_kernel.best_config  # the config that just ran
+    stats_kernel[grid](x, wk, conv_bias, bias, scale, part_mean, part_m2, values, *geometry,
+                       has_conv_bias=has_conv_bias, STORE_V=materialize, **flavour)
+    ran = stats_kernel.best_config if fma is None else fma  # the config that just ran
     stats = _group_stats(part_mean, part_m2, n, num_groups, c_out // num_groups, h_out, w_out,
-                         best.kwargs["BLOCK_H"], best.kwargs["BLOCK_W"], eps)
+                         ran.kwargs["BLOCK_H"], ran.kwargs["BLOCK_W"], eps)
     if materialize:
         _apply(values, stats, gamma, beta, has_gamma, has_beta, num_groups, y)
     else:
-        conv_norm_kernel[grid](x, wk, conv_bias, bias, scale, gamma, beta, stats, y, *geometry,
-                               has_conv_bias=has_conv_bias, num_groups=num_groups,
-                               channels_per_group=c_out // num_groups, has_gn_weight=has_gamma, has_gn_bias=has_beta,
-                               PRECISION=precision, TAPS=taps, **best.all_kwargs())
-    return y
+        if fma is None:  # the plain normalize pass repeats the tiles its statistics pass chose
+            flavour = dict(flavour, **ran.all_kwargs())
+        norm_kernel[grid](x, wk, conv_bias, bias, scale, gamma, beta, stats, y, *geometry,
+                          has_conv_bias=has_conv_bias, num_groups=num_groups, channels_per_group=c_out // num_groups,
+                          has_gn_weight=has_gamma, has_gn_bias=has_beta, **flavour)
 
 
 def _channels_last(x, weight, params, num_groups, eps, stride, padding, dilation, y, precision):
@@ -210,6 +242,17 @@ def _apply(values, stats, gamma, beta, has_gamma, has_beta, num_groups, y):
     group_norm_apply_kernel[lambda META: (n * c_out * triton.cdiv(hw, META["BLOCK"]),)](
         values, stats, gamma, beta, y, c_out, hw, num_groups, c_out // num_groups,
         has_gn_weight=has_gamma, has_gn_bias=has_beta)
+
+
+def _fma_weight(weight, block_c):
+    """The Gluon FMA conv kernels' weight, [ceil(C_out / block_c), C_in * KH * KW, block_c]: per
+    block of block_c output channels, a tap's channels adjacent, channels past C_out zero (the
+    op's launcher packs it alike)."""
+    c_out = weight.shape[0]
+    blocks = triton.cdiv(c_out, block_c)
+    rows = nn.functional.pad(weight.reshape(c_out, -1), (0, 0, 0, blocks * block_c - c_out))
+    wk = _empty(blocks, rows.shape[1], block_c, device=weight.device, dtype=weight.dtype)
+    return wk.copy_(rows.view(blocks, block_c, -1).transpose(1, 2))
 
 
 def _to_channels_last(x, chunks):
