@@ -14,9 +14,10 @@ merged as Chan's), norm the normalize pass's (y stored fp16/bf16).
 
 Measured (session 12, H200, batch 128, natively and through the sm_89 PTX alike): correct
 within 1.5e-6 of float64; statistics pass 0.61-0.66 ms, normalize pass 0.66-0.74 ms at RB 8,
-16 and 32, against a prediction of 0.18-0.30 and the plain channels-last passes' ~0.4: the
-per-row statistics (two cross-warp reductions and their barriers a row, besides the ring's
-two) and 3 programs an SM (135-168 registers) are the suspects, not bytes.
+16 and 32, against a prediction of 0.18-0.30 and the plain channels-last passes' ~0.4. The
+normalize mode, without the statistics' per-row reductions, is as slow as the statistics
+mode, so the likely bound is each row's wait for its copy: one row of prefetch, 2 barriers a
+row, and 3 programs an SM (128-135 registers) to hide it, ~3.7 µs a row a program.
 
     python benchmarks/mma_conv_probe.py --compile-only     # on any machine: sm_89 resources
     python benchmarks/mma_conv_probe.py [--arch 89]        # on a GPU: check, then time
