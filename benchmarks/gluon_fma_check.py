@@ -20,6 +20,8 @@ import triton
 
 import fusedconv
 from fusedconv.bench import time_ms
+# The FMA kernels' weight as the exported file's wrapper packs it (and csrc/launch.cpp alike).
+from fusedconv.export_wrapper import _fma_weight as packed
 from fusedconv.triton_kernels import conv_fma_gluon as G
 from fusedconv.triton_kernels import conv_sigmoid_groupnorm as K
 from fusedconv.triton_kernels import variants as V
@@ -74,15 +76,6 @@ def case_inputs(n, c_in, c_out, h, w, strided, seed):
     weight = torch.randn(c_out, c_in, 3, 3, device="cuda", generator=g) * (2.0 / (c_in * 9)) ** 0.5
     params = [torch.randn(c_out, device="cuda", generator=g) for _ in range(5)]  # conv_bias bias scale gamma beta
     return x, weight.contiguous(), params
-
-
-def packed(weight, block_c):
-    """The FMA kernels' weight: [blocks, K_total, block_c], channels past C_out zero (as
-    csrc/launch.cpp's packed_weight makes it)."""
-    c_out = weight.shape[0]
-    blocks = -(-c_out // block_c)
-    w = torch.nn.functional.pad(weight.reshape(c_out, -1), (0, 0, 0, blocks * block_c - c_out))
-    return w.reshape(blocks, block_c, -1).transpose(1, 2).contiguous()
 
 
 def run_passes(x, weight, params, groups, tile, launch_stats, launch_norm, eps=1e-5):
