@@ -118,11 +118,16 @@ at::Tensor packed_weight(const Problem& p, int64_t block_c) {
 
 void run_nchw(const Problem& p, const std::string& config, bool materialize) {
   if (is_fma_config(config)) {  // policy.cpp checked that the flavour applies (fp32 only)
-    const int64_t block_c = find_image(p.set, KernelName::conv3x3_fma_stats, p.dtype, p.mode, config).block_c;
-    const at::Tensor weight = packed_weight(p, block_c);
+    const KernelImage& image = find_image(p.set, KernelName::conv3x3_fma_stats, p.dtype, p.mode, config);
+    const at::Tensor weight = packed_weight(p, image.block_c);
     Problem chunk = p;
     chunk.weight = ptr(weight);
     if (!materialize) {
+      if (rules::fma_x_aligned(image.block_w, static_cast<int64_t>(p.x), p.W, p.stride_xn, p.stride_xc,
+                               p.stride_xh)) {
+        return run_nchw_with(chunk, kernels::conv3x3_fma_stats_aligned, kernels::conv3x3_fma_norm_aligned, config,
+                             false);
+      }
       return run_nchw_with(chunk, kernels::conv3x3_fma_stats, kernels::conv3x3_fma_norm, config, false);
     }
     // Materialize in chunks of samples whose values stay in L2 between the two passes

@@ -51,6 +51,8 @@ ARGUMENTS = {
     "materialize_chunk": itertools.product([False, True], [1, 4, 5, 128], [1, 32, 40], [1, 64516, 1179648]),
     "fma_conv_config": itertools.product([89, 90], rules.MODES, [0, 3], [1, 2], [1, 2], [1, 2],
                                          [63, 64, 127, 128, 129]),
+    "fma_x_aligned": itertools.product([64, 128], [0, 8, 16, 2 ** 40 + 16], [144, 150, 256], [0, 8, 16 * 65536],
+                                       [8, 16], [136, 256]),
     "resident_fits": itertools.product([4, 8], [256, 1024], [1, 4, 5, 8, 9], [255, 256, 257, 1024, 1025]),
     "resident_by_default": itertools.product([1, 255, 256, 257, 4096], [1, 2 ** 26, 2 ** 26 + 1]),
     "conv_config": itertools.product([1, 15, 16, 17, 32, 63, 64, 65, 128], [1, 95, 96, 191, 192, 254],

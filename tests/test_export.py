@@ -610,6 +610,9 @@ GLUON_SHAPES = [
     (2, 3, 40, 7, 100, 4, "recompute"),
     (2, 3, 40, 7, 100, 4, "materialize"),
     (6, 8, 32, 256, 256, 8, "materialize"),
+    # W a multiple of 16: recompute's aligned flavour (rules.fma_x_aligned)
+    (2, 8, 32, 34, 256, 8, None),
+    (2, 3, 40, 7, 80, 4, "recompute"),
 ]
 
 

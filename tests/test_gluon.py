@@ -28,13 +28,19 @@ sm89_only = pytest.mark.skipif(not on_sm89_images(), reason="the Gluon FMA conv 
                                "native suite runs this file under FUSEDCONV_FORCE_PTX=89, test_forced_sm89_ptx)")
 
 # Every branch of the kernels: one tile and two (W_out 256, 130: the last tile shifted left),
-# the 64-wide config (W_out 64, 98), C_out below and past one 32-channel block, C_in 1 and 16.
+# the 64-wide config (W_out 64, 98), C_out below and past one 32-channel block, C_in 1 and 16;
+# then W a multiple of 16, where recompute at the 128-column tile takes the aligned flavour
+# (rules.fma_x_aligned): the benchmark's width, a last tile running past W (W 144), and the
+# 64-wide config, which keeps the first flavour (W 80).
 CASES = [
     Case(n=2, c_in=8, c_out=32, h=12, w=258, groups=8),
     Case(n=2, c_in=5, c_out=20, h=9, w=132, groups=4),
     Case(n=3, c_in=3, c_out=40, h=7, w=66, groups=8),
     Case(n=1, c_in=16, c_out=64, h=6, w=200, groups=16),
     Case(n=2, c_in=1, c_out=8, h=5, w=100, groups=2),
+    Case(n=2, c_in=8, c_out=32, h=10, w=256, groups=8),
+    Case(n=2, c_in=5, c_out=20, h=9, w=144, groups=4),
+    Case(n=3, c_in=3, c_out=40, h=7, w=80, groups=8),
 ]
 
 
@@ -116,14 +122,19 @@ def test_fma_matches_float64_and_its_twin(case, algorithm):
 
 
 @sm89_only
+@pytest.mark.parametrize("aligned", [False, True], ids=["window", "aligned_window"])
 @pytest.mark.parametrize("config", ["fma_w128", "fma_w64"])
-def test_each_fma_config_on_a_strided_input(config):
+def test_each_fma_config_on_a_strided_input(config, aligned):
     """Either config forced, x a window of a larger tensor (its own batch, channel and row
-    strides and an offset), no conv bias or GroupNorm affine parameters (masked-off loads)."""
-    case = Case(n=2, c_in=4, c_out=24, h=9, w=140, groups=6)
+    strides and an offset; aligned: all multiples of 16, where fma_w128 takes recompute's aligned
+    flavour), no conv
+    bias or GroupNorm affine parameters (masked-off loads)."""
+    case = Case(n=2, c_in=4, c_out=24, h=9, w=144 if aligned else 140, groups=6)
     model, _, _ = fp32_op(case)
-    big = torch.randn(case.n, case.c_in + 2, case.h + 3, case.w + 7, device="cuda")
-    x = big[:, 1:case.c_in + 1, 2:case.h + 2, 4:case.w + 4]
+    pad, left = (32, 16) if aligned else (7, 4)
+    big = torch.randn(case.n, case.c_in + 2, case.h + 3, case.w + pad, device="cuda")
+    x = big[:, 1:case.c_in + 1, 2:case.h + 2, left:case.w + left]
+    assert rules.fma_x_aligned(128, x.data_ptr(), case.w, *x.stride()[:3]) == aligned
     args = list(forward_args(model, x))
     args[2] = args[5] = args[6] = None
     with torch.no_grad():

@@ -310,7 +310,8 @@ class _TwinForGluon:
             fixed = {k: kwargs.pop(k) for k in self.config.all_kwargs()}
             assert fixed == self.config.all_kwargs(), (self.name, fixed)
             assert "PRECISION" not in kwargs and "TAPS" not in kwargs, self.name
-            self.launches.append((self.name, args[0].shape[0], kwargs.get("STORE_V")))
+            aligned = kwargs.pop("X_ALIGNED")  # the Gluon flavour: the twin's tiles are the same in both
+            self.launches.append((self.name, args[0].shape[0], kwargs.get("STORE_V"), aligned))
             args = list(args)
             wk, c_out, k_total = args[1], args[self.arg_names.index("C_out")], args[self.arg_names.index("K_total")]
             block_c = self.config.kwargs["BLOCK_C"]
@@ -326,8 +327,10 @@ class _TwinForGluon:
 
 # Where the FMA conv runs: W_out 68 (fma_w64) and 130 (fma_w128, a ragged second column tile),
 # C_out past one 32-channel block, 3 and 2 samples; 10 channels a group, which no resident
-# config holds (so the default is the tiled one) and which straddle a channel block.
-FMA_CASES = [Case(n=3, c_in=3, c_out=40, h=5, w=70, groups=4), Case(n=2, c_in=2, c_out=20, h=4, w=132, groups=2)]
+# config holds (so the default is the tiled one) and which straddle a channel block. W 144, a
+# multiple of 16, takes recompute's aligned flavour.
+FMA_CASES = [Case(n=3, c_in=3, c_out=40, h=5, w=70, groups=4), Case(n=2, c_in=2, c_out=20, h=4, w=132, groups=2),
+             Case(n=2, c_in=2, c_out=20, h=4, w=144, groups=2)]
 
 
 @pytest.mark.parametrize("chunk", [1, 2, None], ids=lambda c: f"chunk{c}")
@@ -354,10 +357,13 @@ def test_the_wrappers_gluon_fma_sequences_with_the_twins_standing_in(wrapper, mo
         monkeypatch.setattr(module, gluon, _TwinForGluon(getattr(module, twin), config, ran, gluon))
     run(module, case, "fp32", algorithm)
     if (algorithm or rules.fma_conv_algorithm()) == "recompute":
-        assert ran == [("conv3x3_fma_stats_kernel", case.n, False), ("conv3x3_fma_norm_kernel", case.n, None)]
+        # x contiguous, so its strides are multiples of 16 with W; the 128-column tile only
+        aligned = case.w % 16 == 0 and config.kwargs["BLOCK_W"] == 128
+        assert ran == [("conv3x3_fma_stats_kernel", case.n, False, aligned),
+                       ("conv3x3_fma_norm_kernel", case.n, None, aligned)]
     else:
         sizes = [min(chunk or case.n, case.n - n0) for n0 in range(0, case.n, chunk or case.n)]
-        assert ran == [("conv3x3_fma_stats_kernel", size, True) for size in sizes]
+        assert ran == [("conv3x3_fma_stats_kernel", size, True, False) for size in sizes]
         assert [n for n, _ in launches if n != "conv_stats_kernel"] == \
             ["group_stats_kernel", "group_norm_apply_kernel"] * len(sizes)
     tiles = {(kw["BLOCK_H"], kw["BLOCK_W"], kw["BLOCK_C"]) for n, kw in launches if n.startswith("conv")}

@@ -53,6 +53,14 @@ ROW_TILE_MIN_W_OUT_CHANNELS_LAST = 192
 FMA_CONV_ARCH = 89
 FMA_WIDE_MIN_W_OUT = 128
 FMA_MIN_W_OUT = 64
+# Their aligned flavour (fma_x_aligned) loads each thread's columns of x as 16-byte vectors
+# (MT + 2 scalar loads become MT / 4 + 1 vectors): it needs x 16-byte aligned and W and x's
+# strides multiples of FMA_X_ALIGN elements, the divisibility facts its images are built with.
+# It is built for the 128-column tile only: through the sm_89 PTX on the H200 its passes ran
+# 4% and 3% faster there (1.118 / 1.192 ms against 1.164 / 1.229) and 6% slower at 64 columns
+# (docs/performance-log.md, session 13).
+FMA_X_ALIGN = 16
+FMA_ALIGNED_BLOCK_W = 128
 
 # Materialize with the FMA conv (sm_89 images) runs the batch in chunks whose fp32 values fit
 # half of the RTX 4090's 72 MB L2, so the normalize pass reads them back from L2 and DRAM sees x
@@ -108,6 +116,14 @@ def fma_conv_config(arch: int, mode: str, taps: int, stride_h: int, stride_w: in
     if w_out >= FMA_MIN_W_OUT:
         return "fma_w64"
     return ""
+
+
+def fma_x_aligned(block_w: int, x_address: int, w: int, stride_n: int, stride_c: int, stride_h: int) -> bool:
+    """Whether recompute's Gluon FMA passes at a config of block_w columns run their aligned
+    flavour on this x (x_address in bytes, W and the strides in elements; its column stride is 1
+    wherever the FMA conv runs)."""
+    return (block_w == FMA_ALIGNED_BLOCK_W and x_address % FMA_X_ALIGN == 0 and w % FMA_X_ALIGN == 0
+            and stride_n % FMA_X_ALIGN == 0 and stride_c % FMA_X_ALIGN == 0 and stride_h % FMA_X_ALIGN == 0)
 
 
 def materialize_chunk(fma_conv: bool, n: int, c_out: int, hw_out: int) -> int:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from . import conv_fma_gluon as g
 from . import conv_sigmoid_groupnorm as k
-from . import rules  # noqa: F401 (the build reads the algorithm names through this module)
+from . import rules
 
 
 @dataclass(frozen=True)
@@ -114,6 +114,19 @@ PACK_CONFIGS = (
 _CL_ALIGNED = ("xt_ptr", "wk_ptr")
 # The FMA conv's weight is the launcher's packed copy (16-byte aligned): a tap's channels load as one vector.
 _FMA_PACKED_WEIGHT = ("w_ptr",)
+# The FMA conv's flavours: (suffix, X_ALIGNED, arguments divisible by 16, passes). Any x with
+# adjacent columns; and x 16-byte aligned with W and its strides multiples of 16
+# (rules.fma_x_aligned, which the launcher checks), whose rows load as 16-byte vectors, for
+# recompute's two passes at the 128-column tile (rules.FMA_ALIGNED_BLOCK_W; its fallback is the
+# first flavour's fma_w64). Materialize runs the first flavour: its stats_store image needed a
+# stack frame under fma_w128's 96 registers in the aligned flavour.
+_FMA_FLAVOURS = (("", False, _FMA_PACKED_WEIGHT, ("stats", "stats_store", "norm"), FMA_CONV_CONFIGS),
+                 ("_aligned", True, _FMA_PACKED_WEIGHT + ("x_ptr", "W", "stride_xn", "stride_xc", "stride_xh"),
+                  ("stats", "norm"),
+                  tuple(c for c in FMA_CONV_CONFIGS if c.meta["BLOCK_W"] == rules.FMA_ALIGNED_BLOCK_W)))
+_FMA_PASSES = {"stats": (g.conv3x3_fma_stats_kernel, {"STORE_V": False}),
+               "stats_store": (g.conv3x3_fma_stats_kernel, {"STORE_V": True}),
+               "norm": (g.conv3x3_fma_norm_kernel, {})}
 # The unit flavour's compile-time facts: every pointer 16-byte aligned and C_out a multiple of
 # 16, which the launcher checks before it picks the flavour (vector loads and stores of the
 # channel parameters, statistics and y, and folded channel offsets).
@@ -183,13 +196,11 @@ KERNELS = {
        for flavour, taps, unit, divisible in _CL_FLAVOURS
        for part, fn in (("stats", k.conv_cl_stats_kernel), ("norm", k.conv_cl_norm_kernel))},
     # The Gluon FMA flavour of conv3x3_stats, conv3x3_stats_store and conv3x3_norm (same
-    # arguments, the weight packed; those are its twins): exact fp32 only.
-    "conv3x3_fma_stats": KernelSpec(g.conv3x3_fma_stats_kernel, FMA_CONV_CONFIGS, {"STORE_V": False}, True, True,
-                                    _FMA_PACKED_WEIGHT, dtypes=("fp32",), modes=("accurate",)),
-    "conv3x3_fma_stats_store": KernelSpec(g.conv3x3_fma_stats_kernel, FMA_CONV_CONFIGS, {"STORE_V": True}, True, True,
-                                          _FMA_PACKED_WEIGHT, dtypes=("fp32",), modes=("accurate",)),
-    "conv3x3_fma_norm": KernelSpec(g.conv3x3_fma_norm_kernel, FMA_CONV_CONFIGS, {}, True, True,
-                                   _FMA_PACKED_WEIGHT, dtypes=("fp32",), modes=("accurate",)),
+    # arguments, the weight packed; those are its twins), in its two _FMA_FLAVOURS: exact fp32 only.
+    **{f"conv3x3_fma_{part}{suffix}": KernelSpec(_FMA_PASSES[part][0], configs,
+                                                 dict(_FMA_PASSES[part][1], X_ALIGNED=aligned), True, True,
+                                                 divisible, dtypes=("fp32",), modes=("accurate",))
+       for suffix, aligned, divisible, parts, configs in _FMA_FLAVOURS for part in parts},
     "group_stats": KernelSpec(k.group_stats_kernel, GROUP_STATS_CONFIGS, {}, False, False),
     "group_norm_apply": KernelSpec(k.group_norm_apply_kernel, APPLY_CONFIGS, {}, True, False),
     # Exact FP32 on every arch and dtype: small problems are latency-bound, not FLOP-bound.

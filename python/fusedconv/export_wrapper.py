@@ -24,7 +24,7 @@ import torch.nn as nn
 import triton
 
 from .triton_kernels.rules import (ALGORITHMS, channels_last_taps, channels_last_unit, conv_taps, default_algorithm,
-                                   fma_conv_algorithm, materialize_chunk, output_size, precision_mode,
+                                   fma_conv_algorithm, fma_x_aligned, materialize_chunk, output_size, precision_mode,
                                    resident_by_default, resident_fits)
 
 conv_stats_kernel = conv_norm_kernel = group_stats_kernel = group_norm_apply_kernel = None
@@ -139,7 +139,10 @@ def _nchw(x, weight, params, num_groups, eps, stride, padding, dilation, y, prec
         # The twins' arguments, without their tl.dot precision and flavour constexprs; no
         # autotuner: they run the config the rules named.
         kernels = (conv3x3_fma_stats_kernel, conv3x3_fma_norm_kernel)
-        wk, flavour = _fma_weight(weight, fma.kwargs["BLOCK_C"]), fma.all_kwargs()
+        # recompute's aligned flavour as the op runs it; Triton's JIT specializes on the same
+        # divisibility facts the op's aligned images are built with.
+        aligned = not materialize and fma_x_aligned(fma.kwargs["BLOCK_W"], x.data_ptr(), w, *x.stride()[:3])
+        wk, flavour = _fma_weight(weight, fma.kwargs["BLOCK_C"]), dict(fma.all_kwargs(), X_ALIGNED=aligned)
     geometry = (c_out, h, w, h_out, w_out, kh, kw, weight[0].numel(), *x.stride(), *stride, *padding, *dilation)
     samples = materialize_chunk(fma is not None, n, c_out, h_out * w_out) if materialize else n
     for n0 in range(0, n, samples):
