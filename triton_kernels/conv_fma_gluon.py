@@ -222,8 +222,8 @@ def _program_row_tile(x_ptr, w_ptr, conv_bias_ptr, bias_ptr, scale_ptr, C_out, W
     # Unless X_ALIGNED, the last column tile starts early enough to end at W_out (the launcher's
     # promise: W_out >= BLOCK_W), so every column window lies inside x; its columns that the
     # tile before it covers are computed again and dropped by the callers' masks (first_col).
-    # X_ALIGNED tiles stay on their vector boundaries, their loads clamped (_conv_row_tile), and
-    # the callers drop columns from W_out on.
+    # X_ALIGNED tiles stay on their vector boundaries, their loads past W masked off
+    # (_conv_row_tile), and the callers drop columns from W_out on.
     first_col = tw * (G * MT)
     tile_col = _tile_start(first_col, W_out, G * MT, X_ALIGNED)
     col0 = tile_col + gl.arange(0, G, layout=gl.SliceLayout(1, LX)) * MT
